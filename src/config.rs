@@ -1,0 +1,511 @@
+//! Configuration: one typed [`Config`], read from a TOML file, then environment variables, then
+//! command-line flags (each overriding the one before).
+//!
+//! Every setting is parsed and checked before the server starts, and every error is reported at
+//! once on one line naming its field, in the spirit of linkerd2-proxy's `env.rs`.
+//!
+//! high-templar 3.1 settings map as: `API_URL` → `api_url`, `API_SOCKET` → `api_socket`,
+//! `CONNECTION_HEADERS` → `forward_headers`, `RABBITMQ` → `amqp_url` (see README).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::backend::{ApiUrl, HeaderRule, HttpBackendConfig};
+use crate::room::RoomLimits;
+
+/// Default public address: loopback, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The original's idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A backend slower than this is treated as down (close 1013), not waited on forever.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest client frame. Client messages are small JSON (a subscribe is ~100 bytes); 64 KiB
+/// leaves ample room while bounding what one frame can cost to buffer.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+/// Frames queued per connection before it counts as too slow and is disconnected. At ~200
+/// bytes a publish frame that is ~200 KiB at most per slow client, and 1024 absorbs a burst of
+/// 1024 triggers to one room faster than any client could read them.
+pub const DEFAULT_OUTGOING_QUEUE: usize = 1024;
+/// Largest `/trigger/` body: 1 MiB fits a batch of thousands of ordinary triggers.
+pub const DEFAULT_MAX_TRIGGER_BODY: usize = 1024 * 1024;
+/// Most triggers in one `/trigger/` batch.
+pub const DEFAULT_MAX_BATCH: usize = 10_000;
+
+/// The command line. Every flag also reads an `HT_*` environment variable.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "high-templar",
+    version,
+    about = "Realtime websocket server beside an HTTP-only API (high-templar 3.1 compatible)",
+    after_help = "Precedence: flags > HT_* environment variables > --config file > defaults.\n\
+                  Logs: RUST_LOG=info (default), e.g. RUST_LOG=high_templar=debug."
+)]
+pub struct Cli {
+    /// TOML config file (see high-templar.example.toml)
+    #[arg(long, env = "HT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Public address for websockets (GET /ws/) [default: 127.0.0.1:8080]
+    #[arg(long, env = "HT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Internal address for POST /trigger/ and ops endpoints; when set, /trigger/ is served
+    /// only there
+    #[arg(long, env = "HT_INTERNAL_LISTEN", value_name = "ADDR")]
+    pub internal_listen: Option<SocketAddr>,
+
+    /// Backend base URL ending in /, e.g. http://127.0.0.1:8000/api/ (3.1: API_URL)
+    #[arg(long, env = "HT_API_URL", value_name = "URL")]
+    pub api_url: Option<ApiUrl>,
+
+    /// Reach the backend over this unix socket instead of TCP (3.1: API_SOCKET)
+    #[arg(long, env = "HT_API_SOCKET", value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
+    /// Bearer token required on POST /trigger/ (Authorization: Bearer <token>)
+    #[arg(
+        long,
+        env = "HT_TRIGGER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub trigger_token: Option<String>,
+
+    /// Close connections silent for this long, e.g. 300 or 5m [default: 300s]
+    #[arg(long, env = "HT_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Timeout of every backend call [default: 10s]
+    #[arg(long, env = "HT_BACKEND_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub backend_timeout: Option<Duration>,
+
+    /// Extra or overriding header sent to the backend: NAME=SOURCE:KEY[:FORMAT], SOURCE one of
+    /// header, query, cookie, value; FORMAT holds {} for the value. Repeatable; in the
+    /// environment comma-separated. E.g. 'Authorization=query:token:Bearer {}'
+    #[arg(
+        long = "forward-header",
+        env = "HT_FORWARD_HEADERS",
+        value_name = "RULE",
+        value_delimiter = ','
+    )]
+    pub forward_headers: Vec<HeaderRule>,
+
+    /// POST {api_url}PATH when a client connects, e.g. user/notify_online/ [default: off]
+    #[arg(long, env = "HT_ON_CONNECT", value_name = "PATH")]
+    pub on_connect: Option<String>,
+
+    /// POST {api_url}PATH when a client disconnects [default: off]
+    #[arg(long, env = "HT_ON_DISCONNECT", value_name = "PATH")]
+    pub on_disconnect: Option<String>,
+
+    /// POST {api_url}PATH on each client ping [default: off]
+    #[arg(long, env = "HT_ON_PING", value_name = "PATH")]
+    pub on_ping: Option<String>,
+
+    /// Largest client frame in bytes; larger closes the socket with 1009 [default: 65536]
+    #[arg(long, env = "HT_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+
+    /// Frames queued per connection before a slow client is disconnected [default: 1024]
+    #[arg(long, env = "HT_OUTGOING_QUEUE", value_name = "FRAMES")]
+    pub outgoing_queue: Option<usize>,
+
+    /// Largest POST /trigger/ body in bytes [default: 1048576]
+    #[arg(long, env = "HT_MAX_TRIGGER_BODY", value_name = "BYTES")]
+    pub max_trigger_body: Option<usize>,
+}
+
+/// The config file: the same settings as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    internal_listen: Option<String>,
+    api_url: Option<String>,
+    api_socket: Option<PathBuf>,
+    trigger_token: Option<String>,
+    idle_timeout: Option<DurationValue>,
+    backend_timeout: Option<DurationValue>,
+    #[serde(default)]
+    forward_headers: Vec<crate::backend::HeaderRuleToml>,
+    on_connect: Option<String>,
+    on_disconnect: Option<String>,
+    on_ping: Option<String>,
+    max_message_size: Option<usize>,
+    outgoing_queue: Option<usize>,
+    max_trigger_body: Option<usize>,
+}
+
+/// A duration in a file: seconds as a number, or text like "10s", "5m".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn parse(&self) -> Result<Duration, String> {
+        match self {
+            DurationValue::Seconds(s) => Duration::try_from_secs_f64(*s).map_err(|e| e.to_string()),
+            DurationValue::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+/// Seconds as a plain number (`300`, `0.5`), or a humantime duration (`5m`, `10s`, `250ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Where the default backend is and how to call it.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    /// Required for the default HTTP backend; optional when a custom [`crate::Backend`] is
+    /// plugged in.
+    pub api_url: Option<ApiUrl>,
+    pub api_socket: Option<PathBuf>,
+    pub timeout: Duration,
+    pub forward_headers: Vec<HeaderRule>,
+    pub on_connect: Option<String>,
+    pub on_disconnect: Option<String>,
+    pub on_ping: Option<String>,
+}
+
+/// The whole, checked configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public address: websockets, and `/trigger/` when no internal address is set.
+    pub listen: SocketAddr,
+    /// Internal address for `/trigger/` and ops endpoints.
+    pub internal_listen: Option<SocketAddr>,
+    pub backend: BackendSettings,
+    /// Bearer token for `/trigger/`. Without it, `/trigger/` is served only on the internal
+    /// address (and not at all when there is none).
+    pub trigger_token: Option<String>,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest client frame; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Per-connection outgoing queue length, in frames.
+    pub outgoing_queue: usize,
+    pub max_trigger_body: usize,
+    pub max_batch: usize,
+    pub room_limits: RoomLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            internal_listen: None,
+            backend: BackendSettings {
+                api_url: None,
+                api_socket: None,
+                timeout: DEFAULT_BACKEND_TIMEOUT,
+                forward_headers: Vec::new(),
+                on_connect: None,
+                on_disconnect: None,
+                on_ping: None,
+            },
+            trigger_token: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            outgoing_queue: DEFAULT_OUTGOING_QUEUE,
+            max_trigger_body: DEFAULT_MAX_TRIGGER_BODY,
+            max_batch: DEFAULT_MAX_BATCH,
+            room_limits: RoomLimits::default(),
+        }
+    }
+}
+
+/// Every problem found in a configuration, one per field.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid configuration: {}", .0.join("; "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads the file named by `cli.config` (if any) and overlays the flags and environment.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    /// Parses a TOML text as a config file, with no flags (for tests and embedding).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError(vec![toml_error("config", &e)]))?;
+        Self::merge(Cli::default(), file)
+    }
+
+    fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let defaults = Config::default();
+
+        let mut parse = |field: &str, text: Option<String>| -> Option<SocketAddr> {
+            let text = text?;
+            text.parse()
+                .map_err(|e| errors.push(format!("{field}: {text:?} is not an address: {e}")))
+                .ok()
+        };
+        let file_listen = parse("listen", file.listen);
+        let file_internal = parse("internal_listen", file.internal_listen);
+
+        let file_api_url = file.api_url.and_then(|text| {
+            text.parse::<ApiUrl>()
+                .map_err(|e| errors.push(format!("api_url: {e}")))
+                .ok()
+        });
+        let mut duration = |field: &str, value: Option<DurationValue>| -> Option<Duration> {
+            value?
+                .parse()
+                .map_err(|e| errors.push(format!("{field}: {e}")))
+                .ok()
+        };
+        let file_idle = duration("idle_timeout", file.idle_timeout);
+        let file_backend_timeout = duration("backend_timeout", file.backend_timeout);
+
+        let mut forward_headers: Vec<HeaderRule> = Vec::new();
+        for (i, rule) in file.forward_headers.into_iter().enumerate() {
+            match HeaderRule::try_from(rule) {
+                Ok(rule) => forward_headers.push(rule),
+                Err(e) => errors.push(format!("forward_headers[{i}]: {e}")),
+            }
+        }
+        // Flags and environment come after the file's rules, so they override by name.
+        forward_headers.extend(cli.forward_headers);
+
+        let config = Config {
+            listen: cli.listen.or(file_listen).unwrap_or(defaults.listen),
+            internal_listen: cli.internal_listen.or(file_internal),
+            backend: BackendSettings {
+                api_url: cli.api_url.or(file_api_url),
+                api_socket: cli.api_socket.or(file.api_socket),
+                timeout: cli
+                    .backend_timeout
+                    .or(file_backend_timeout)
+                    .unwrap_or(defaults.backend.timeout),
+                forward_headers,
+                on_connect: cli.on_connect.or(file.on_connect),
+                on_disconnect: cli.on_disconnect.or(file.on_disconnect),
+                on_ping: cli.on_ping.or(file.on_ping),
+            },
+            trigger_token: cli.trigger_token.or(file.trigger_token),
+            idle_timeout: cli
+                .idle_timeout
+                .or(file_idle)
+                .unwrap_or(defaults.idle_timeout),
+            max_message_size: cli
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(defaults.max_message_size),
+            outgoing_queue: cli
+                .outgoing_queue
+                .or(file.outgoing_queue)
+                .unwrap_or(defaults.outgoing_queue),
+            max_trigger_body: cli
+                .max_trigger_body
+                .or(file.max_trigger_body)
+                .unwrap_or(defaults.max_trigger_body),
+            max_batch: defaults.max_batch,
+            room_limits: defaults.room_limits,
+        };
+        errors.extend(config.problems());
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    /// Checks that do not depend on where a value came from.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.idle_timeout.is_zero() {
+            errors.push("idle_timeout: must be more than 0".to_string());
+        }
+        if self.backend.timeout.is_zero() {
+            errors.push("backend_timeout: must be more than 0".to_string());
+        }
+        if self.max_message_size < 256 {
+            errors.push("max_message_size: must be at least 256 bytes".to_string());
+        }
+        if self.outgoing_queue == 0 {
+            errors.push("outgoing_queue: must be at least 1".to_string());
+        }
+        if self.max_trigger_body == 0 {
+            errors.push("max_trigger_body: must be at least 1".to_string());
+        }
+        if self.backend.api_socket.is_some() && self.backend.api_url.is_none() {
+            errors.push(
+                "api_socket: needs api_url too (its path and host are still used)".to_string(),
+            );
+        }
+        if self.trigger_token.as_deref() == Some("") {
+            errors.push("trigger_token: must not be empty".to_string());
+        }
+        if Some(self.listen) == self.internal_listen {
+            errors.push("internal_listen: must differ from listen".to_string());
+        }
+        for (field, path) in [
+            ("on_connect", &self.backend.on_connect),
+            ("on_disconnect", &self.backend.on_disconnect),
+            ("on_ping", &self.backend.on_ping),
+        ] {
+            if let Some(path) = path {
+                let valid = !path.is_empty()
+                    && !path.contains("://")
+                    && format!("/{path}")
+                        .parse::<axum::http::uri::PathAndQuery>()
+                        .is_ok();
+                if !valid {
+                    errors.push(format!("{field}: {path:?} is not a path under api_url"));
+                }
+            }
+        }
+        errors
+    }
+
+    /// The default backend's settings; `None` when `api_url` is not set.
+    pub fn http_backend(&self) -> Option<HttpBackendConfig> {
+        let b = &self.backend;
+        Some(HttpBackendConfig {
+            api_url: b.api_url.clone()?,
+            api_socket: b.api_socket.clone(),
+            timeout: b.timeout,
+            forward_headers: b.forward_headers.clone(),
+            on_connect: b.on_connect.clone(),
+            on_disconnect: b.on_disconnect.clone(),
+            on_ping: b.on_ping.clone(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(vec![format!("config: cannot read {}: {e}", path.display())]))?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError(vec![toml_error(&path.display().to_string(), &e)]))
+}
+
+/// A TOML error on one line, naming the file and field.
+fn toml_error(origin: &str, error: &toml::de::Error) -> String {
+    let message = error.message().replace('\n', " ");
+    match error.span() {
+        Some(span) => format!("{origin}: {message} (at byte {})", span.start),
+        None => format!("{origin}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = Config::from_toml("").expect("valid");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.backend.timeout, Duration::from_secs(10));
+        assert!(config.http_backend().is_none());
+    }
+
+    #[test]
+    fn file_settings_are_read() {
+        let config = Config::from_toml(
+            r#"
+            listen = "0.0.0.0:9000"
+            internal_listen = "127.0.0.1:9001"
+            api_url = "http://127.0.0.1:8000/api/"
+            idle_timeout = "5m"
+            backend_timeout = 2.5
+            on_connect = "user/notify_online/"
+            forward_headers = [
+              { name = "Authorization", from = "query", key = "token", format = "Bearer {}" },
+              { name = "X-Tenant", from = "value", value = "acme" },
+            ]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.backend.timeout, Duration::from_millis(2500));
+        assert_eq!(config.backend.forward_headers.len(), 2);
+        assert_eq!(
+            config.backend.on_connect.as_deref(),
+            Some("user/notify_online/")
+        );
+        assert!(config.http_backend().is_some());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("ht-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nidle_timeout = 7\n").expect("write");
+        let cli = Cli::try_parse_from([
+            "high-templar",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:2",
+        ])
+        .expect("cli");
+        let config = Config::load(cli).expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(config.idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let err = Config::from_toml(
+            r#"
+            listen = "nowhere"
+            api_url = "http://x/api"
+            idle_timeout = "soon"
+            on_ping = "http://evil/"
+            forward_headers = [{ name = "X", from = "env", key = "A" }]
+            "#,
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for field in [
+            "listen:",
+            "api_url:",
+            "idle_timeout:",
+            "on_ping:",
+            "forward_headers[0]:",
+        ] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("lisen = \"127.0.0.1:1\"").expect_err("typo");
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("later").is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! high-templar: a realtime websocket server beside an HTTP-only API, wire-compatible with
+//! high-templar 3.1 (see `PROTOCOL.md`).
+//!
+//! # Layout
+//! Where a frame enters and where a trigger goes, in data-flow order:
+//! - [`protocol`]: what crosses the wire — client frames, answers, trigger bodies.
+//! - [`room`]: rooms in canonical form; the permission and trigger matching rules.
+//! - [`connection`] (private): one websocket — bootstrap, then a reader and a writer loop.
+//! - [`outbox`]: a connection's bounded outgoing queue and close signal; the overflow policy.
+//! - [`hub`]: the single owner of rooms and subscriptions; fans triggers out.
+//! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
+//!   HTTP backend with forwarded headers and hooks.
+//! - [`stats`]: node-wide counters behind the `status` answer.
+//! - [`config`]: the typed configuration (file, environment, flags).
+//! - [`server`]: listeners, routes (`/ws/`, `/trigger/`), start and shutdown.
+//!
+//! `main.rs` only parses the configuration and runs a [`Server`].
+
+pub mod backend;
+pub mod config;
+mod connection;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod stats;
+
+pub use backend::{Backend, BackendError, Bootstrap, ConnectRequest, HttpBackend};
+pub use config::Config;
+pub use server::{Handle, Server, StartError};

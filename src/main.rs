@@ -1,0 +1,60 @@
+//! The `high-templar` binary: the library's [`Server`] with the default HTTP backend.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use high_templar::config::{Cli, Config};
+use high_templar::Server;
+
+/// How long open connections get to close after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::load(Cli::parse()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("high-templar: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = match Server::new(config).start().await {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("high-templar: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections with 1001");
+    handle.shutdown(SHUTDOWN_GRACE).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,288 @@
+//! What crosses the wire: client frames in, answers out, and trigger bodies.
+//!
+//! Every JSON text here is the exact one of PROTOCOL.md; tests compare them as JSON values.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::room::{Room, RoomError, RoomLimits};
+
+/// Answers that never vary: built once, sent as they are.
+pub mod answer {
+    pub const PONG: &str = "pong";
+    pub const SUCCESS: &str = r#"{"code":"success"}"#;
+    pub const ROOM_NOT_FOUND: &str = r#"{"code":"error","message":"room-not-found"}"#;
+    pub const NO_REQUEST_ID: &str = r#"{"code":"error","message":"no-request-id"}"#;
+    pub const NOT_SUBSCRIBED: &str = r#"{"code":"error","message":"not-subscribed"}"#;
+    pub const INVALID_ROOM: &str = r#"{"code":"error","message":"invalid-room"}"#;
+    pub const TOO_MANY_SUBSCRIPTIONS: &str =
+        r#"{"code":"error","message":"too-many-subscriptions"}"#;
+    pub const STATUS_DISABLED: &str = r#"{"code":"error","message":"status-disabled"}"#;
+    pub const RATE_LIMITED: &str = r#"{"code":"error","message":"rate-limited"}"#;
+    pub const NOT_AUTHORIZED: &str = r#"{"is_authorized":false}"#;
+    pub const BACKEND_UNAVAILABLE: &str =
+        r#"{"is_authorized":false,"error":"backend-unavailable"}"#;
+}
+
+/// The two errors that carry the connection's own id as `requestId`.
+pub fn connection_error(connection_id: &str, message: &str) -> String {
+    json!({"requestId": connection_id, "code": "error", "message": message}).to_string()
+}
+
+/// The first frame of an authorised connection.
+pub fn authorized(allowed_rooms: &[Value]) -> String {
+    json!({"is_authorized": true, "allowed_rooms": allowed_rooms}).to_string()
+}
+
+/// Beyond: a subscription dropped by the server (re-authorisation).
+pub fn unsubscribed(request_id: &str) -> String {
+    json!({"type": "unsubscribed", "requestId": request_id}).to_string()
+}
+
+/// One parsed client text frame.
+#[derive(Debug, PartialEq)]
+pub enum ClientMessage {
+    Ping,
+    Subscribe {
+        request_id: Option<String>,
+        room: Result<Room, RoomError>,
+    },
+    Unsubscribe {
+        request_id: Option<String>,
+    },
+    Status,
+    /// Text that is not JSON.
+    NotJson,
+    /// JSON that is not an object, or with an unknown or missing `type`.
+    TypeNotAllowed,
+}
+
+impl ClientMessage {
+    pub fn parse(text: &str, limits: &RoomLimits) -> ClientMessage {
+        if text == "ping" {
+            return ClientMessage::Ping;
+        }
+        let Ok(value) = serde_json::from_str::<Value>(text) else {
+            return ClientMessage::NotJson;
+        };
+        let Value::Object(mut map) = value else {
+            return ClientMessage::TypeNotAllowed;
+        };
+        // A requestId names a subscription; the original only ever receives strings, so a
+        // number or null is no request id at all.
+        let request_id = match map.remove("requestId") {
+            Some(Value::String(id)) => Some(id),
+            _ => None,
+        };
+        match map.get("type").and_then(Value::as_str) {
+            Some("subscribe") => {
+                let room = match map.get("room") {
+                    Some(room) => Room::parse(room, limits),
+                    None => Err(RoomError::NotAnObject),
+                };
+                ClientMessage::Subscribe { request_id, room }
+            }
+            Some("unsubscribe") => ClientMessage::Unsubscribe { request_id },
+            Some("status") => ClientMessage::Status,
+            _ => ClientMessage::TypeNotAllowed,
+        }
+    }
+}
+
+/// Why a trigger body was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TriggerError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("trigger must be a JSON object with \"rooms\" and \"data\"")]
+    NotAnObject,
+    #[error("trigger has no \"rooms\" list")]
+    NoRooms,
+    #[error("trigger has no \"data\"")]
+    NoData,
+    #[error("room {index} of the trigger is invalid: {source}")]
+    InvalidRoom { index: usize, source: RoomError },
+    #[error("trigger is malformed: {0}")]
+    Malformed(String),
+    #[error("a batch must hold at most {0} triggers")]
+    BatchTooLarge(usize),
+}
+
+/// A parsed trigger: its rooms, and the publish frame's bytes up to the requestId.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub rooms: Vec<Room>,
+    /// `{"type":"publish","data":<data>,"requestId":` — the data is serialized once here and
+    /// shared by every subscriber, who only adds its own requestId and the closing brace.
+    pub frame_prefix: String,
+}
+
+#[derive(Deserialize)]
+struct TriggerBody<'a> {
+    rooms: Option<Vec<Value>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+impl Trigger {
+    /// Parses one trigger object.
+    pub fn parse(body: &[u8], limits: &RoomLimits) -> Result<Trigger, TriggerError> {
+        let raw: &RawValue =
+            serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?;
+        Self::from_raw(raw, limits)
+    }
+
+    fn from_raw(raw: &RawValue, limits: &RoomLimits) -> Result<Trigger, TriggerError> {
+        if !raw.get().starts_with('{') {
+            return Err(TriggerError::NotAnObject);
+        }
+        let body: TriggerBody<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| TriggerError::Malformed(e.to_string()))?;
+        let room_values = body.rooms.ok_or(TriggerError::NoRooms)?;
+        let data = body.data.ok_or(TriggerError::NoData)?;
+        let rooms = room_values
+            .iter()
+            .enumerate()
+            .map(|(index, v)| {
+                Room::parse(v, limits).map_err(|source| TriggerError::InvalidRoom { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut frame_prefix = String::with_capacity(data.get().len() + 48);
+        frame_prefix.push_str(r#"{"type":"publish","data":"#);
+        frame_prefix.push_str(data.get());
+        frame_prefix.push_str(r#","requestId":"#);
+        Ok(Trigger {
+            rooms,
+            frame_prefix,
+        })
+    }
+
+    /// Parses a trigger object or a JSON list of them (a batch).
+    pub fn parse_batch(
+        body: &[u8],
+        limits: &RoomLimits,
+        max_batch: usize,
+    ) -> Result<Vec<Trigger>, TriggerError> {
+        let raw: &RawValue =
+            serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?;
+        if raw.get().starts_with('[') {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+                .map_err(|e| TriggerError::NotJson(e.to_string()))?;
+            if items.len() > max_batch {
+                return Err(TriggerError::BatchTooLarge(max_batch));
+            }
+            items
+                .into_iter()
+                .map(|item| Self::from_raw(item, limits))
+                .collect()
+        } else {
+            Ok(vec![Self::from_raw(raw, limits)?])
+        }
+    }
+
+    /// The full publish frame for one subscription; `request_id_json` is its requestId
+    /// already encoded as a JSON string.
+    pub fn frame_for(&self, request_id_json: &str) -> String {
+        let mut frame = String::with_capacity(self.frame_prefix.len() + request_id_json.len() + 1);
+        frame.push_str(&self.frame_prefix);
+        frame.push_str(request_id_json);
+        frame.push('}');
+        frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(text: &str) -> ClientMessage {
+        ClientMessage::parse(text, &RoomLimits::default())
+    }
+
+    #[test]
+    fn client_frames_parse() {
+        assert_eq!(parse("ping"), ClientMessage::Ping);
+        assert_eq!(parse("pong"), ClientMessage::NotJson);
+        assert_eq!(parse("[1]"), ClientMessage::TypeNotAllowed);
+        assert_eq!(parse(r#"{"type":"nope"}"#), ClientMessage::TypeNotAllowed);
+        assert_eq!(parse(r#"{"requestId":"x"}"#), ClientMessage::TypeNotAllowed);
+        assert_eq!(parse(r#"{"type":"status"}"#), ClientMessage::Status);
+        assert_eq!(
+            parse(r#"{"type":"unsubscribe","room":{"a":1}}"#),
+            ClientMessage::Unsubscribe { request_id: None }
+        );
+        match parse(r#"{"type":"subscribe","room":{"a":1},"requestId":"r"}"#) {
+            ClientMessage::Subscribe { request_id, room } => {
+                assert_eq!(request_id.as_deref(), Some("r"));
+                assert!(room.is_ok());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(r#"{"type":"subscribe","requestId":"r"}"#) {
+            ClientMessage::Subscribe { room, .. } => assert!(room.is_err()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trigger_frame_splices_request_id() {
+        let t = Trigger::parse(
+            br#"{"rooms":[{"a":1}],"data":{"x":[1, 2]}}"#,
+            &RoomLimits::default(),
+        )
+        .expect("valid");
+        let frame = t.frame_for(r#""req-1""#);
+        let v: Value = serde_json::from_str(&frame).expect("json");
+        assert_eq!(
+            v,
+            json!({"type":"publish","data":{"x":[1,2]},"requestId":"req-1"})
+        );
+    }
+
+    #[test]
+    fn bad_triggers_are_refused_with_reasons() {
+        let l = RoomLimits::default();
+        assert!(matches!(
+            Trigger::parse(b"nope", &l),
+            Err(TriggerError::NotJson(_))
+        ));
+        assert_eq!(
+            Trigger::parse(b"[]", &l).err(),
+            Some(TriggerError::NotAnObject)
+        );
+        assert_eq!(
+            Trigger::parse(br#"{"data":1}"#, &l).err(),
+            Some(TriggerError::NoRooms)
+        );
+        assert_eq!(
+            Trigger::parse(br#"{"rooms":[]}"#, &l).err(),
+            Some(TriggerError::NoData)
+        );
+        assert!(matches!(
+            Trigger::parse(br#"{"rooms":[{"a":1},"x"],"data":1}"#, &l),
+            Err(TriggerError::InvalidRoom { index: 1, .. })
+        ));
+        assert!(matches!(
+            Trigger::parse(br#"{"rooms":"x","data":1}"#, &l),
+            Err(TriggerError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn batches_parse() {
+        let l = RoomLimits::default();
+        let batch = Trigger::parse_batch(
+            br#"[{"rooms":[{"a":1}],"data":1},{"rooms":[],"data":null}]"#,
+            &l,
+            10,
+        )
+        .expect("valid");
+        assert_eq!(batch.len(), 2);
+        assert_eq!(
+            Trigger::parse_batch(br#"[{"rooms":[],"data":1}]"#, &l, 0).err(),
+            Some(TriggerError::BatchTooLarge(0))
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! Server wiring: listeners, routes, shared state, start and shutdown.
+//!
+//! `Server::new(config).backend(adapter).start()` is the framework entry point (the original's
+//! `create_app(settings, backend_adapter=...)`); the binary is this with the default
+//! [`HttpBackend`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{Backend, ConnectRequest, HttpBackend};
+use crate::config::Config;
+use crate::connection;
+use crate::hub::{Hub, SubscriptionId};
+use crate::protocol::{Trigger, TriggerError};
+use crate::stats::{Stats, TriggerSource};
+
+/// tungstenite's read buffer. Its default (128 KiB) would be allocated per connection; client
+/// frames are small, and a larger frame is still read, in several reads.
+const READ_BUFFER_SIZE: usize = 4 * 1024;
+/// Frames are written into this buffer and sent at each flush; a flush is forced when it
+/// fills. 16 KiB holds a burst of ~80 publish frames in one syscall.
+const WRITE_BUFFER_SIZE: usize = 16 * 1024;
+
+/// State shared by every connection and handler of a node.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub hub: Hub,
+    pub stats: Arc<Stats>,
+    pub backend: Arc<dyn Backend>,
+    /// Cancelled on shutdown: every connection closes with 1001.
+    pub shutdown: CancellationToken,
+    next_subscription: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_subscription_id(&self) -> SubscriptionId {
+        self.next_subscription.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> Value {
+        self.stats
+            .status(self.hub.num_rooms(), self.hub.num_subscriptions())
+    }
+
+    /// Fans out a batch of triggers from `source`; returns the subscriptions reached.
+    pub fn publish(&self, triggers: &[Trigger], source: TriggerSource) -> usize {
+        triggers
+            .iter()
+            .map(|trigger| {
+                self.stats.trigger_received(source);
+                self.hub.publish(trigger)
+            })
+            .sum()
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("api_url: required for the default HTTP backend (--api-url or HT_API_URL)")]
+    NoBackend,
+    #[error("cannot set up the backend client: {0}")]
+    BackendClient(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A configured, not yet started server.
+pub struct Server {
+    config: Config,
+    backend: Option<Arc<dyn Backend>>,
+}
+
+impl Server {
+    pub fn new(config: Config) -> Server {
+        Server {
+            config,
+            backend: None,
+        }
+    }
+
+    /// Uses `backend` instead of the default HTTP backend (`api_url` is then not needed).
+    pub fn backend(mut self, backend: impl Backend) -> Server {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Binds the listeners and starts serving in the background.
+    pub async fn start(self) -> Result<Handle, StartError> {
+        let backend: Arc<dyn Backend> = match self.backend {
+            Some(backend) => backend,
+            None => {
+                let settings = self.config.http_backend().ok_or(StartError::NoBackend)?;
+                Arc::new(HttpBackend::new(settings).map_err(StartError::BackendClient)?)
+            }
+        };
+        let shared = Arc::new(Shared {
+            hub: Hub::new(),
+            stats: Arc::new(Stats::new()),
+            backend,
+            shutdown: CancellationToken::new(),
+            next_subscription: AtomicU64::new(0),
+            config: self.config,
+        });
+        let connections = TaskTracker::new();
+        let config = &shared.config;
+
+        let public_listener = bind(config.listen).await?;
+        let local_addr = public_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let internal_listener = match config.internal_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let internal_addr = internal_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let mut public = Router::new()
+            .route("/ws/", get(ws_handler))
+            .route("/ws", get(ws_handler));
+        let trigger_routes = Router::new()
+            .route("/trigger/", post(trigger_handler))
+            .route("/trigger", post(trigger_handler))
+            .layer(DefaultBodyLimit::max(config.max_trigger_body));
+        match (&internal_listener, &config.trigger_token) {
+            (Some(_), _) => {}
+            (None, Some(_)) => public = public.merge(trigger_routes.clone()),
+            (None, None) => tracing::warn!(
+                "no trigger_token and no internal_listen: POST /trigger/ is disabled"
+            ),
+        }
+        let state = AppState {
+            shared: shared.clone(),
+            connections: connections.clone(),
+        };
+        let mut servers = Vec::new();
+        servers.push(tokio::spawn(serve(
+            public_listener,
+            public.with_state(state.clone()),
+            shared.shutdown.clone(),
+        )));
+        if let Some(listener) = internal_listener {
+            let internal = trigger_routes
+                .route("/status", get(status_handler))
+                .with_state(state);
+            servers.push(tokio::spawn(serve(
+                listener,
+                internal,
+                shared.shutdown.clone(),
+            )));
+        }
+        tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
+        Ok(Handle {
+            local_addr,
+            internal_addr,
+            shared,
+            connections,
+            servers,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "listener failed");
+    }
+}
+
+/// A running server.
+pub struct Handle {
+    /// The bound public address (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// The bound internal address, when configured.
+    pub internal_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Publishes a trigger from Rust code, as if it came over `/trigger/`.
+    pub fn publish(&self, trigger_json: &[u8]) -> Result<usize, TriggerError> {
+        let config = &self.shared.config;
+        let triggers = Trigger::parse_batch(trigger_json, &config.room_limits, config.max_batch)?;
+        Ok(self.shared.publish(&triggers, TriggerSource::Api))
+    }
+
+    /// The status object of PROTOCOL.md section 5.
+    pub fn status(&self) -> Value {
+        self.shared.status()
+    }
+
+    /// Stops accepting, closes every websocket with 1001 (going away), and waits up to
+    /// `grace` for the connections to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.connections.len(),
+                "grace period over with connections open"
+            );
+        }
+        for server in self.servers {
+            server.abort();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+}
+
+async fn ws_handler(
+    upgrade: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let request = ConnectRequest {
+        id: uuid::Uuid::new_v4().to_string().into(),
+        headers,
+        query: uri.query().map(str::to_string),
+        peer,
+    };
+    let max = state.shared.config.max_message_size;
+    let token = state.connections.token();
+    upgrade
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            connection::run(socket, request, state.shared).await;
+            drop(token);
+        })
+}
+
+async fn trigger_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let shared = &state.shared;
+    if let Some(token) = &shared.config.trigger_token {
+        if !bearer_matches(&headers, token) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong trigger token (Authorization: Bearer <token>)",
+            );
+        }
+    }
+    let config = &shared.config;
+    match Trigger::parse_batch(&body, &config.room_limits, config.max_batch) {
+        Ok(triggers) => {
+            let delivered = shared.publish(&triggers, TriggerSource::Http);
+            Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()
+        }
+        Err(problem) => {
+            Stats::incr(&shared.stats.triggers_invalid);
+            tracing::info!(error = %problem, "refused HTTP trigger");
+            error(StatusCode::BAD_REQUEST, &problem.to_string())
+        }
+    }
+}
+
+async fn status_handler(State(state): State<AppState>) -> Json<Value> {
+    Json(state.shared.status())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// Constant-time comparison, so response timing does not reveal how much of a guess matched.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.as_bytes().ct_eq(token.as_bytes()).into()
+}

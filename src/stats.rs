@@ -1,0 +1,119 @@
+//! Node-wide counters: the status answer (PROTOCOL.md section 5) is read from here.
+//!
+//! Plain relaxed atomics: every counter is independent, read for reporting only, and bumped on
+//! hot paths where a lock would cost more than the count is worth.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+/// Where a trigger came from; a bounded label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerSource {
+    Http,
+    Amqp,
+    Redis,
+    /// Published from Rust code through [`crate::Handle::publish`].
+    Api,
+}
+
+#[derive(Debug)]
+pub struct Stats {
+    online_since: SystemTime,
+    pub open_connections: AtomicU64,
+    pub ws_messages_received: AtomicU64,
+    pub ws_messages_send: AtomicU64,
+    pub ws_messages_send_error: AtomicU64,
+    pub ws_messages_send_queued: AtomicU64,
+    pub triggers_http: AtomicU64,
+    pub triggers_amqp: AtomicU64,
+    pub triggers_redis: AtomicU64,
+    pub triggers_api: AtomicU64,
+    pub triggers_invalid: AtomicU64,
+    pub slow_client_disconnects: AtomicU64,
+    pub backend_errors: AtomicU64,
+    pub connections_refused: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            online_since: SystemTime::now(),
+            open_connections: AtomicU64::new(0),
+            ws_messages_received: AtomicU64::new(0),
+            ws_messages_send: AtomicU64::new(0),
+            ws_messages_send_error: AtomicU64::new(0),
+            ws_messages_send_queued: AtomicU64::new(0),
+            triggers_http: AtomicU64::new(0),
+            triggers_amqp: AtomicU64::new(0),
+            triggers_redis: AtomicU64::new(0),
+            triggers_api: AtomicU64::new(0),
+            triggers_invalid: AtomicU64::new(0),
+            slow_client_disconnects: AtomicU64::new(0),
+            backend_errors: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn trigger_received(&self, source: TriggerSource) {
+        Self::incr(match source {
+            TriggerSource::Http => &self.triggers_http,
+            TriggerSource::Amqp => &self.triggers_amqp,
+            TriggerSource::Redis => &self.triggers_redis,
+            TriggerSource::Api => &self.triggers_api,
+        });
+    }
+
+    pub fn triggers_received(&self) -> u64 {
+        Self::get(&self.triggers_http)
+            + Self::get(&self.triggers_amqp)
+            + Self::get(&self.triggers_redis)
+            + Self::get(&self.triggers_api)
+    }
+
+    /// The status object. The first keys are the original's; `rabbitmq_messages_received`
+    /// counts triggers from every source, as the original's only source was RabbitMQ.
+    pub fn status(&self, num_rooms: usize, num_subscriptions: usize) -> Value {
+        let online_since = humantime::format_rfc3339_seconds(self.online_since).to_string();
+        json!({
+            "open_connections": Self::get(&self.open_connections),
+            "num_rooms": num_rooms,
+            "online_since": online_since,
+            "rabbitmq_messages_received": self.triggers_received(),
+            "ws_messages_received": Self::get(&self.ws_messages_received),
+            "ws_messages_send": Self::get(&self.ws_messages_send),
+            "ws_messages_send_error": Self::get(&self.ws_messages_send_error),
+            "ws_messages_send_queued": Self::get(&self.ws_messages_send_queued),
+            "num_subscriptions": num_subscriptions,
+            "triggers_received": {
+                "http": Self::get(&self.triggers_http),
+                "amqp": Self::get(&self.triggers_amqp),
+                "redis": Self::get(&self.triggers_redis),
+                "api": Self::get(&self.triggers_api),
+            },
+            "triggers_invalid": Self::get(&self.triggers_invalid),
+            "slow_client_disconnects": Self::get(&self.slow_client_disconnects),
+            "backend_errors": Self::get(&self.backend_errors),
+            "connections_refused": Self::get(&self.connections_refused),
+        })
+    }
+}

@@ -1,0 +1,382 @@
+//! Shared test helpers: a real HTTP backend that records what it receives, the real server on
+//! a free port, and a real websocket client.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use high_templar::{Config, Handle, Server};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// What the test backend answers, per path suffix (`bootstrap/`, hooks).
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Reply {
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            body: "{}".into(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn raw(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn delayed(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+/// One request the backend received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Default)]
+struct BackendState {
+    bootstrap: Mutex<Option<Reply>>,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+/// A small real HTTP backend, as Django would be.
+#[derive(Clone)]
+pub struct TestBackend {
+    state: Arc<BackendState>,
+    pub addr: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+}
+
+impl TestBackend {
+    fn router(state: Arc<BackendState>) -> Router {
+        Router::new().fallback(handle).with_state(state)
+    }
+
+    /// Starts on a free TCP port, answering `bootstrap/` with `reply`.
+    pub async fn start(reply: Reply) -> TestBackend {
+        let state = Arc::new(BackendState::default());
+        *state.bootstrap.lock().expect("lock") = Some(reply);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let router = Self::router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        TestBackend {
+            state,
+            addr: Some(addr),
+            socket: None,
+        }
+    }
+
+    /// Starts on a unix socket.
+    pub async fn start_unix(reply: Reply) -> TestBackend {
+        let state = Arc::new(BackendState::default());
+        *state.bootstrap.lock().expect("lock") = Some(reply);
+        let path = std::env::temp_dir().join(format!("ht-test-{}.sock", uuid_like()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind unix backend");
+        let router = Self::router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        TestBackend {
+            state,
+            addr: None,
+            socket: Some(path),
+        }
+    }
+
+    /// The base URL to configure as `api_url`.
+    pub fn api_url(&self) -> String {
+        match self.addr {
+            Some(addr) => format!("http://{addr}/api/"),
+            None => "http://django.internal/api/".to_string(),
+        }
+    }
+
+    pub fn set_bootstrap(&self, reply: Reply) {
+        *self.state.bootstrap.lock().expect("lock") = Some(reply);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// Waits until a request to a path ending in `suffix` arrived, and returns it.
+    pub async fn wait_for(&self, suffix: &str) -> Recorded {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self
+                .requests()
+                .into_iter()
+                .find(|r| r.path.ends_with(suffix))
+            {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no request to {suffix}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn handle(
+    State(state): State<Arc<BackendState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> impl IntoResponse {
+    let path = uri.path().to_string();
+    state.requests.lock().expect("lock").push(Recorded {
+        method,
+        path: path.clone(),
+        headers,
+    });
+    let reply = if path.ends_with("/bootstrap/") {
+        state
+            .bootstrap
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_else(|| Reply::status(404))
+    } else {
+        Reply::ok(json!({}))
+    };
+    tokio::time::sleep(reply.delay).await;
+    (
+        StatusCode::from_u16(reply.status).expect("status"),
+        reply.body,
+    )
+}
+
+/// A config pointing at `backend`, listening on a free loopback port.
+pub fn config_for(backend: &TestBackend) -> Config {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.backend.api_url = Some(backend.api_url().parse().expect("api url"));
+    config.backend.api_socket = backend.socket.clone();
+    config.trigger_token = Some(TOKEN.to_string());
+    config
+}
+
+/// The trigger token of test servers.
+pub const TOKEN: &str = "test-trigger-token";
+
+pub async fn start(config: Config) -> Handle {
+    Server::new(config).start().await.expect("server starts")
+}
+
+/// A backend allowing `rooms`, and a server in front of it.
+pub async fn server_allowing(rooms: Value) -> (TestBackend, Handle) {
+    let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": rooms}))).await;
+    let handle = start(config_for(&backend)).await;
+    (backend, handle)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A websocket client speaking to the server.
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Self::connect_with(addr, "", &[]).await
+    }
+
+    /// Connects to `/ws/{query}` with extra request headers.
+    pub async fn connect_with(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Client {
+        let mut request = format!("ws://{addr}/ws/{query}")
+            .into_client_request()
+            .expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")
+            .expect("websocket handshake");
+        Client { ws }
+    }
+
+    /// Connects and reads the first frame, asserting it authorised the connection.
+    pub async fn authorized(addr: SocketAddr) -> Client {
+        let mut client = Self::connect(addr).await;
+        let first = client.recv_json().await;
+        assert_eq!(first["is_authorized"], json!(true), "first frame: {first}");
+        client
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send(&value.to_string()).await;
+    }
+
+    /// The next text frame (skipping websocket pings).
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("valid frame");
+            match message {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Asserts nothing arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        if let Ok(Some(message)) = tokio::time::timeout(within, self.ws.next()).await {
+            panic!("expected silence, got {message:?}");
+        }
+    }
+
+    /// Reads until the close frame, returning its code and reason (other frames skipped).
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed {
+                        code: u16::from(frame.code),
+                        reason: frame.reason.to_string(),
+                    }
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Closed {
+                        code: u16::from(CloseCode::Status),
+                        reason: String::new(),
+                    }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed instead of closing: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Subscribes and asserts success.
+    pub async fn subscribe(&mut self, room: Value, request_id: &str) {
+        self.send_json(json!({"type": "subscribe", "room": room, "requestId": request_id}))
+            .await;
+        assert_eq!(self.recv_json().await, json!({"code": "success"}));
+    }
+
+    pub async fn status(&mut self) -> Value {
+        self.send_json(json!({"type": "status"})).await;
+        self.recv_json().await
+    }
+}
+
+/// POSTs a trigger body to `/trigger/` with the test token.
+pub async fn post_trigger(addr: SocketAddr, body: &str) -> (u16, Value) {
+    post_trigger_with(addr, body, Some(TOKEN)).await
+}
+
+pub async fn post_trigger_with(addr: SocketAddr, body: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}/trigger/"))
+        .body(body.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("trigger request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// A trigger object.
+pub fn trigger(rooms: Value, data: Value) -> String {
+    json!({"rooms": rooms, "data": data}).to_string()
+}
+
+/// Reads `n` publish frames and returns `requestId → count`.
+pub async fn collect_publishes(client: &mut Client, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let frame = client.recv_json().await;
+        assert_eq!(frame["type"], "publish", "{frame}");
+        *counts
+            .entry(frame["requestId"].as_str().expect("rid").to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}
