@@ -509,3 +509,14 @@ mod tests {
         assert!(parse_duration("later").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    /// The annotated example in the repository must stay a valid configuration.
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../high-templar.example.toml");
+        let config = super::Config::from_toml(text).expect("example config parses");
+        assert!(config.http_backend().is_some());
+    }
+}

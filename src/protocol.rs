@@ -121,8 +121,13 @@ pub struct Trigger {
 #[derive(Deserialize)]
 struct TriggerBody<'a> {
     rooms: Option<Vec<Value>>,
-    #[serde(borrow)]
+    // `null` is valid data: present-but-null must not read as missing.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
 }
 
 impl Trigger {

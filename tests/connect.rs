@@ -83,8 +83,10 @@ async fn unreachable_backend_is_backend_unavailable() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut config = high_templar::Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = high_templar::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    };
     config.backend.api_url = Some(
         format!("http://127.0.0.1:{port}/api/")
             .parse()

@@ -199,11 +199,13 @@ async fn handle(
 
 /// A config pointing at `backend`, listening on a free loopback port.
 pub fn config_for(backend: &TestBackend) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        trigger_token: Some(TOKEN.to_string()),
+        ..Config::default()
+    };
     config.backend.api_url = Some(backend.api_url().parse().expect("api url"));
     config.backend.api_socket = backend.socket.clone();
-    config.trigger_token = Some(TOKEN.to_string());
     config
 }
 
