@@ -15,7 +15,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::backend::{ApiUrl, HeaderRule, HttpBackendConfig};
-use crate::room::RoomLimits;
+use crate::policy::{LimitsFile, Policy, PolicyCli, SecurityFile};
 
 /// Default public address: loopback, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -117,6 +117,9 @@ pub struct Cli {
     /// Largest POST /trigger/ body in bytes [default: 1048576]
     #[arg(long, env = "HT_MAX_TRIGGER_BODY", value_name = "BYTES")]
     pub max_trigger_body: Option<usize>,
+
+    #[command(flatten)]
+    pub policy: PolicyCli,
 }
 
 /// The config file: the same settings as the flags, in snake_case.
@@ -138,6 +141,10 @@ struct FileConfig {
     max_message_size: Option<usize>,
     outgoing_queue: Option<usize>,
     max_trigger_body: Option<usize>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    security: SecurityFile,
 }
 
 /// A duration in a file: seconds as a number, or text like "10s", "5m".
@@ -199,7 +206,8 @@ pub struct Config {
     pub outgoing_queue: usize,
     pub max_trigger_body: usize,
     pub max_batch: usize,
-    pub room_limits: RoomLimits,
+    /// Origins, limits, liveness and TLS.
+    pub policy: Policy,
 }
 
 impl Default for Config {
@@ -224,7 +232,7 @@ impl Default for Config {
             outgoing_queue: DEFAULT_OUTGOING_QUEUE,
             max_trigger_body: DEFAULT_MAX_TRIGGER_BODY,
             max_batch: DEFAULT_MAX_BATCH,
-            room_limits: RoomLimits::default(),
+            policy: Policy::default(),
         }
     }
 }
@@ -321,7 +329,7 @@ impl Config {
                 .or(file.max_trigger_body)
                 .unwrap_or(defaults.max_trigger_body),
             max_batch: defaults.max_batch,
-            room_limits: defaults.room_limits,
+            policy: Policy::merge(cli.policy, file.limits, file.security, &mut errors),
         };
         errors.extend(config.problems());
         if errors.is_empty() {

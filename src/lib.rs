@@ -11,16 +11,20 @@
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
 //!   HTTP backend with forwarded headers and hooks.
 //! - [`stats`]: node-wide counters behind the `status` answer.
-//! - [`config`]: the typed configuration (file, environment, flags).
+//! - [`config`]: the typed configuration (file, environment, flags); [`policy`]: its limits and
+//!   security part.
 //! - [`server`]: listeners, routes (`/ws/`, `/trigger/`), start and shutdown.
 //!
 //! `main.rs` only parses the configuration and runs a [`Server`].
 
+mod admission;
 pub mod backend;
 pub mod config;
 mod connection;
 pub mod hub;
+mod metrics;
 pub mod outbox;
+pub mod policy;
 pub mod protocol;
 pub mod room;
 pub mod server;

@@ -89,6 +89,12 @@ impl Outbox {
         }
     }
 
+    /// Queues a control frame (a websocket ping) if there is room; dropping it when the queue
+    /// is full is harmless, as a full queue already means the client is being dealt with.
+    pub fn try_control(&self, message: Message) {
+        let _ = self.inner.tx.try_send(message);
+    }
+
     /// Queues an answer to the client's own request, waiting for room: the client that sent
     /// the request is the one slowed down. Returns false once the connection is gone.
     pub async fn reply(&self, text: impl Into<String>) -> bool {

@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, ConnectRequest, HttpBackend};
+use crate::admission::Admission;
+use crate::backend::{Backend, BackendGate, ConnectRequest, HttpBackend};
 use crate::config::Config;
 use crate::connection;
 use crate::hub::{Hub, SubscriptionId};
@@ -42,6 +43,10 @@ pub(crate) struct Shared {
     pub hub: Hub,
     pub stats: Arc<Stats>,
     pub backend: Arc<dyn Backend>,
+    /// Concurrency limit and circuit breaker in front of the backend.
+    pub gate: BackendGate,
+    /// Origin check and connection counts.
+    pub admission: Arc<Admission>,
     /// Cancelled on shutdown: every connection closes with 1001.
     pub shutdown: CancellationToken,
     next_subscription: AtomicU64,
@@ -112,9 +117,16 @@ impl Server {
                 Arc::new(HttpBackend::new(settings).map_err(StartError::BackendClient)?)
             }
         };
+        let stats = Arc::new(Stats::new());
+        let policy = &self.config.policy;
         let shared = Arc::new(Shared {
             hub: Hub::new(),
-            stats: Arc::new(Stats::new()),
+            gate: BackendGate::new(
+                policy.max_concurrent_bootstraps,
+                self.config.backend.timeout,
+            ),
+            admission: Arc::new(Admission::new(policy.clone(), stats.clone())),
+            stats,
             backend,
             shutdown: CancellationToken::new(),
             next_subscription: AtomicU64::new(0),
@@ -143,6 +155,13 @@ impl Server {
             .route("/trigger/", post(trigger_handler))
             .route("/trigger", post(trigger_handler))
             .layer(DefaultBodyLimit::max(config.max_trigger_body));
+        let ops_routes = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready_handler));
+        if internal_listener.is_none() {
+            public = public.merge(ops_routes.clone());
+        }
         match (&internal_listener, &config.trigger_token) {
             (Some(_), _) => {}
             (None, Some(_)) => public = public.merge(trigger_routes.clone()),
@@ -212,7 +231,8 @@ impl Handle {
     /// Publishes a trigger from Rust code, as if it came over `/trigger/`.
     pub fn publish(&self, trigger_json: &[u8]) -> Result<usize, TriggerError> {
         let config = &self.shared.config;
-        let triggers = Trigger::parse_batch(trigger_json, &config.room_limits, config.max_batch)?;
+        let triggers =
+            Trigger::parse_batch(trigger_json, &config.policy.room_limits, config.max_batch)?;
         Ok(self.shared.publish(&triggers, TriggerSource::Api))
     }
 
@@ -254,6 +274,13 @@ async fn ws_handler(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    let ticket = match state.shared.admission.admit(&headers, peer) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            tracing::info!(%peer, reason = refusal.message(), "websocket refused before upgrade");
+            return error(refusal.status(), refusal.message());
+        }
+    };
     let request = ConnectRequest {
         id: uuid::Uuid::new_v4().to_string().into(),
         headers,
@@ -271,7 +298,7 @@ async fn ws_handler(
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             connection::run(socket, request, state.shared).await;
-            drop(token);
+            drop((ticket, token));
         })
 }
 
@@ -290,7 +317,7 @@ async fn trigger_handler(
         }
     }
     let config = &shared.config;
-    match Trigger::parse_batch(&body, &config.room_limits, config.max_batch) {
+    match Trigger::parse_batch(&body, &config.policy.room_limits, config.max_batch) {
         Ok(triggers) => {
             let delivered = shared.publish(&triggers, TriggerSource::Http);
             Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()
@@ -301,6 +328,30 @@ async fn trigger_handler(
             error(StatusCode::BAD_REQUEST, &problem.to_string())
         }
     }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        crate::metrics::render(&state.shared),
+    )
+        .into_response()
+}
+
+/// Ready when the backend is not failing (its circuit breaker is closed).
+async fn ready_handler(State(state): State<AppState>) -> Response {
+    let backend_ok = state.shared.gate.is_closed();
+    let status = if backend_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": backend_ok, "backend": backend_ok})),
+    )
+        .into_response()
 }
 
 async fn status_handler(State(state): State<AppState>) -> Json<Value> {

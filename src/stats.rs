@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::{json, Value};
 
 /// Where a trigger came from; a bounded label set.
@@ -33,7 +34,18 @@ pub struct Stats {
     pub triggers_invalid: AtomicU64,
     pub slow_client_disconnects: AtomicU64,
     pub backend_errors: AtomicU64,
-    pub connections_refused: AtomicU64,
+    pub refused_unauthorized: AtomicU64,
+    pub refused_backend_unavailable: AtomicU64,
+    pub refused_origin: AtomicU64,
+    pub refused_node_full: AtomicU64,
+    pub refused_ip_full: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub subscription_limit_hits: AtomicU64,
+    pub frames_too_big: AtomicU64,
+    pub ping_timeouts: AtomicU64,
+    pub reauth_unsubscribed: AtomicU64,
+    /// Bootstrap call latency, in seconds.
+    pub backend_latency: Histogram,
 }
 
 impl Default for Stats {
@@ -58,7 +70,18 @@ impl Stats {
             triggers_invalid: AtomicU64::new(0),
             slow_client_disconnects: AtomicU64::new(0),
             backend_errors: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
+            refused_unauthorized: AtomicU64::new(0),
+            refused_backend_unavailable: AtomicU64::new(0),
+            refused_origin: AtomicU64::new(0),
+            refused_node_full: AtomicU64::new(0),
+            refused_ip_full: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            subscription_limit_hits: AtomicU64::new(0),
+            frames_too_big: AtomicU64::new(0),
+            ping_timeouts: AtomicU64::new(0),
+            reauth_unsubscribed: AtomicU64::new(0),
+            // 1 ms to ~16 s: a healthy Django answers in 5-50 ms; the top buckets show timeouts.
+            backend_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
         }
     }
 
@@ -113,7 +136,20 @@ impl Stats {
             "triggers_invalid": Self::get(&self.triggers_invalid),
             "slow_client_disconnects": Self::get(&self.slow_client_disconnects),
             "backend_errors": Self::get(&self.backend_errors),
-            "connections_refused": Self::get(&self.connections_refused),
+            "connections_refused": {
+                "unauthorized": Self::get(&self.refused_unauthorized),
+                "backend_unavailable": Self::get(&self.refused_backend_unavailable),
+                "origin": Self::get(&self.refused_origin),
+                "node_full": Self::get(&self.refused_node_full),
+                "ip_full": Self::get(&self.refused_ip_full),
+            },
+            "limits_hit": {
+                "rate": Self::get(&self.rate_limited),
+                "subscriptions": Self::get(&self.subscription_limit_hits),
+                "frame_size": Self::get(&self.frames_too_big),
+                "ping_timeout": Self::get(&self.ping_timeouts),
+            },
+            "reauth_unsubscribed": Self::get(&self.reauth_unsubscribed),
         })
     }
 }

@@ -4,6 +4,7 @@
 //! once per connection, and tells it about connects, pings and disconnects. [`HttpBackend`] is
 //! the default, calling `{api_url}bootstrap/` the way the original did.
 
+mod gate;
 mod headers;
 mod http;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use serde_json::Value;
 
+pub(crate) use gate::BackendGate;
 pub(crate) use headers::HeaderRuleToml;
 pub use headers::{HeaderRule, HeaderRuleError, HeaderSource};
 pub use http::{ApiUrl, HttpBackend, HttpBackendConfig};
@@ -78,6 +80,10 @@ pub enum BackendError {
     Timeout(std::time::Duration),
     #[error("backend answered {0}")]
     ServerError(u16),
+    #[error("backend circuit breaker open after repeated failures")]
+    CircuitOpen,
+    #[error("too many bootstrap calls waiting")]
+    Overloaded,
 }
 
 /// What the server needs of a backend. Implement it to authenticate connections your own way

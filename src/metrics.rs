@@ -1,0 +1,185 @@
+//! Prometheus exposition (`GET /metrics`) of the node's counters.
+//!
+//! The counters live in [`Stats`] (one source of truth, also behind the `status` answer); each
+//! scrape reads them through a collector. Labels are bounded sets (trigger source, refusal
+//! reason, limit), never a room or a user.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::server::Shared;
+use crate::stats::Stats;
+
+#[derive(Debug)]
+struct NodeCollector(Arc<Shared>);
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labelled: &[(&str, &str, &AtomicU64)],
+) -> std::fmt::Result {
+    let c = ConstCounter::new(0u64);
+    let mut metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+    for (key, value, atomic) in labelled {
+        let counter = ConstCounter::new(Stats::get(atomic));
+        if key.is_empty() {
+            counter.encode(metric.encode_family(&Vec::<(String, String)>::new())?)?;
+        } else {
+            counter.encode(metric.encode_family(&[(*key, *value)])?)?;
+        }
+    }
+    Ok(())
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let shared = &self.0;
+        let s = &shared.stats;
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let to_i64_usize = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut e,
+            "connections",
+            "Open, authorised websocket connections",
+            to_i64(Stats::get(&s.open_connections)),
+        )?;
+        gauge(
+            &mut e,
+            "rooms",
+            "Rooms with at least one subscription",
+            to_i64_usize(shared.hub.num_rooms()),
+        )?;
+        gauge(
+            &mut e,
+            "subscriptions",
+            "Subscriptions on this node",
+            to_i64_usize(shared.hub.num_subscriptions()),
+        )?;
+        gauge(
+            &mut e,
+            "backend_circuit_closed",
+            "1 while the backend circuit breaker lets calls through",
+            i64::from(shared.gate.is_closed()),
+        )?;
+        counter(
+            &mut e,
+            "triggers_received",
+            "Triggers received, by source",
+            &[
+                ("source", "http", &s.triggers_http),
+                ("source", "amqp", &s.triggers_amqp),
+                ("source", "redis", &s.triggers_redis),
+                ("source", "api", &s.triggers_api),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "triggers_invalid",
+            "Triggers refused as malformed",
+            &[("", "", &s.triggers_invalid)],
+        )?;
+        counter(
+            &mut e,
+            "client_messages_received",
+            "Text frames received from clients",
+            &[("", "", &s.ws_messages_received)],
+        )?;
+        counter(
+            &mut e,
+            "messages_sent",
+            "Frames written to websockets",
+            &[("", "", &s.ws_messages_send)],
+        )?;
+        counter(
+            &mut e,
+            "messages_queued",
+            "Publish frames queued for websockets",
+            &[("", "", &s.ws_messages_send_queued)],
+        )?;
+        counter(
+            &mut e,
+            "send_errors",
+            "Frames that could not be queued or written",
+            &[("", "", &s.ws_messages_send_error)],
+        )?;
+        counter(
+            &mut e,
+            "slow_client_disconnects",
+            "Clients disconnected for not keeping up",
+            &[("", "", &s.slow_client_disconnects)],
+        )?;
+        counter(
+            &mut e,
+            "connections_refused",
+            "Websockets refused, by reason",
+            &[
+                ("reason", "unauthorized", &s.refused_unauthorized),
+                (
+                    "reason",
+                    "backend_unavailable",
+                    &s.refused_backend_unavailable,
+                ),
+                ("reason", "origin", &s.refused_origin),
+                ("reason", "node_full", &s.refused_node_full),
+                ("reason", "ip_full", &s.refused_ip_full),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "limits_hit",
+            "Client limits enforced, by limit",
+            &[
+                ("limit", "rate", &s.rate_limited),
+                ("limit", "subscriptions", &s.subscription_limit_hits),
+                ("limit", "frame_size", &s.frames_too_big),
+                ("limit", "ping_timeout", &s.ping_timeouts),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "backend_errors",
+            "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
+            &[("", "", &s.backend_errors)],
+        )?;
+        counter(
+            &mut e,
+            "reauth_unsubscribed",
+            "Subscriptions dropped by re-authorisation",
+            &[("", "", &s.reauth_unsubscribed)],
+        )?;
+        Ok(())
+    }
+}
+
+/// The Prometheus text exposition of the node.
+pub(crate) fn render(shared: &Arc<Shared>) -> String {
+    let mut registry = Registry::with_prefix("high_templar");
+    registry.register(
+        "backend_request_duration_seconds",
+        "Bootstrap call latency",
+        shared.stats.backend_latency.clone(),
+    );
+    registry.register_collector(Box::new(NodeCollector(shared.clone())));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}

@@ -1,0 +1,349 @@
+//! What the server allows: origins, per-connection and per-node limits, liveness, TLS.
+//!
+//! Settings come in through [`PolicyCli`] (flags and `HT_*` variables, flattened into the main
+//! command line) and the `[limits]` and `[security]` tables of the config file, and end up in
+//! one typed [`Policy`]. Every default is a named constant with its reasoning.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::HeaderName;
+use serde::Deserialize;
+
+use crate::config::parse_duration;
+use crate::room::RoomLimits;
+
+/// Subscriptions per connection. A page subscribes to a handful of rooms; 256 leaves room for
+/// heavy single-page apps while capping what one socket costs the hub (~100 bytes each).
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// Sustained client messages per second per connection (pings, subscribes). Real clients send
+/// one ping every few seconds and bursts of subscribes on page load.
+pub const DEFAULT_MESSAGES_PER_SECOND: f64 = 20.0;
+/// Burst allowance on top of the rate: a page subscribing to 100 rooms at load is fine.
+pub const DEFAULT_MESSAGE_BURST: u32 = 200;
+/// Open websockets per node. The fd hard limit here is 20,000; keep headroom for the
+/// listener, backend connections and broker sockets.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 19_000;
+/// Open websockets per client IP. Offices behind one NAT share an address, so this is a guard
+/// against one host exhausting the node, not a per-user limit.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// Bootstrap calls in flight at once: a reconnect storm after a deploy queues here instead of
+/// flattening the backend with thousands of simultaneous requests.
+pub const DEFAULT_MAX_CONCURRENT_BOOTSTRAPS: usize = 64;
+/// How often the server sends a websocket ping; a connection that has sent nothing at all (not
+/// even a pong) for two intervals is half-open and closed.
+pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long open connections get to close on SIGTERM/SIGINT before the process exits.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Limit and security flags; flattened into [`crate::config::Cli`].
+#[derive(Debug, Default, clap::Args)]
+pub struct PolicyCli {
+    /// Origins allowed to open websockets, comma-separated; patterns like https://*.example.com;
+    /// "*" allows any (insecure). Default: same origin as the Host header
+    #[arg(
+        long,
+        env = "HT_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most subscriptions per connection [default: 256]
+    #[arg(long, env = "HT_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+
+    /// Sustained client messages per second per connection; above it the socket closes with
+    /// 1008 [default: 20]
+    #[arg(long, env = "HT_MESSAGES_PER_SECOND", value_name = "RATE")]
+    pub messages_per_second: Option<f64>,
+
+    /// Client messages allowed in a burst above the rate [default: 200]
+    #[arg(long, env = "HT_MESSAGE_BURST", value_name = "N")]
+    pub message_burst: Option<u32>,
+
+    /// Most open websockets on this node; more get HTTP 503 [default: 19000]
+    #[arg(long, env = "HT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open websockets per client IP; more get HTTP 429 [default: 1000]
+    #[arg(long, env = "HT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Take the client IP from this header (set by your proxy, e.g. X-Real-IP) instead of the
+    /// peer address [default: the peer address]
+    #[arg(long, env = "HT_CLIENT_IP_HEADER", value_name = "HEADER")]
+    pub client_ip_header: Option<String>,
+
+    /// Most keys in a room object [default: 16]
+    #[arg(long, env = "HT_MAX_ROOM_KEYS", value_name = "N")]
+    pub max_room_keys: Option<usize>,
+
+    /// Longest room key or value, in bytes [default: 256]
+    #[arg(long, env = "HT_MAX_ROOM_VALUE_LEN", value_name = "BYTES")]
+    pub max_room_value_len: Option<usize>,
+
+    /// Bootstrap calls in flight at once [default: 64]
+    #[arg(long, env = "HT_MAX_CONCURRENT_BOOTSTRAPS", value_name = "N")]
+    pub max_concurrent_bootstraps: Option<usize>,
+
+    /// Websocket ping interval; 0 turns pings off [default: 30s]
+    #[arg(long, env = "HT_WS_PING_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub ws_ping_interval: Option<Duration>,
+
+    /// Re-run bootstrap this often per connection, dropping rooms no longer allowed [default: off]
+    #[arg(long, env = "HT_REAUTH_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub reauth_interval: Option<Duration>,
+
+    /// Grace period for connections to close on SIGTERM/SIGINT [default: 10s]
+    #[arg(long, env = "HT_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+
+    /// Refuse the "status" client message (it shows node-wide counts to any user)
+    #[arg(long, env = "HT_DISABLE_STATUS")]
+    pub disable_status: bool,
+
+    /// Serve TLS with this PEM certificate chain (needs --tls-key)
+    #[arg(long, env = "HT_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "HT_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The `[limits]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    max_subscriptions: Option<usize>,
+    messages_per_second: Option<f64>,
+    message_burst: Option<u32>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_room_keys: Option<usize>,
+    max_room_value_len: Option<usize>,
+    max_concurrent_bootstraps: Option<usize>,
+}
+
+/// The `[security]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecurityFile {
+    allowed_origins: Option<Vec<String>>,
+    client_ip_header: Option<String>,
+    ws_ping_interval: Option<String>,
+    reauth_interval: Option<String>,
+    shutdown_grace: Option<String>,
+    status_enabled: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// Where TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The checked policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Empty: same origin only. `"*"`: any. Otherwise exact origins or `scheme://*.domain`.
+    pub allowed_origins: Vec<String>,
+    pub max_subscriptions: usize,
+    pub messages_per_second: f64,
+    pub message_burst: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub client_ip_header: Option<HeaderName>,
+    pub room_limits: RoomLimits,
+    pub max_concurrent_bootstraps: usize,
+    /// `None`: no server pings.
+    pub ws_ping_interval: Option<Duration>,
+    pub reauth_interval: Option<Duration>,
+    pub shutdown_grace: Duration,
+    pub status_enabled: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_origins: Vec::new(),
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
+            message_burst: DEFAULT_MESSAGE_BURST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            client_ip_header: None,
+            room_limits: RoomLimits::default(),
+            max_concurrent_bootstraps: DEFAULT_MAX_CONCURRENT_BOOTSTRAPS,
+            ws_ping_interval: Some(DEFAULT_WS_PING_INTERVAL),
+            reauth_interval: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            status_enabled: true,
+            tls: None,
+        }
+    }
+}
+
+impl Policy {
+    /// Merges flags/environment over the file's tables over the defaults; errors name fields.
+    pub(crate) fn merge(
+        cli: PolicyCli,
+        limits: LimitsFile,
+        security: SecurityFile,
+        errors: &mut Vec<String>,
+    ) -> Policy {
+        let d = Policy::default();
+        let mut duration = |field: &str, text: Option<String>| -> Option<Duration> {
+            parse_duration(&text?)
+                .map_err(|e| errors.push(format!("security.{field}: {e}")))
+                .ok()
+        };
+        let file_ping = duration("ws_ping_interval", security.ws_ping_interval);
+        let file_reauth = duration("reauth_interval", security.reauth_interval);
+        let file_grace = duration("shutdown_grace", security.shutdown_grace);
+
+        let origins = if cli.allowed_origins.is_empty() {
+            security.allowed_origins.unwrap_or_default()
+        } else {
+            cli.allowed_origins
+        };
+        let origins: Vec<String> = origins
+            .into_iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for origin in &origins {
+            if let Err(e) = check_origin_pattern(origin) {
+                errors.push(format!("allowed_origins: {e}"));
+            }
+        }
+        let client_ip_header = cli
+            .client_ip_header
+            .or(security.client_ip_header)
+            .and_then(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| {
+                        errors.push(format!("client_ip_header: {h:?} is not a header name"))
+                    })
+                    .ok()
+            });
+        let tls = match (
+            cli.tls_cert.or(security.tls_cert),
+            cli.tls_key.or(security.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                errors.push("tls_cert: tls_cert and tls_key go together".to_string());
+                None
+            }
+        };
+        let ping = cli
+            .ws_ping_interval
+            .or(file_ping)
+            .unwrap_or(DEFAULT_WS_PING_INTERVAL);
+        let policy = Policy {
+            allowed_origins: origins,
+            max_subscriptions: cli
+                .max_subscriptions
+                .or(limits.max_subscriptions)
+                .unwrap_or(d.max_subscriptions),
+            messages_per_second: cli
+                .messages_per_second
+                .or(limits.messages_per_second)
+                .unwrap_or(d.messages_per_second),
+            message_burst: cli
+                .message_burst
+                .or(limits.message_burst)
+                .unwrap_or(d.message_burst),
+            max_connections: cli
+                .max_connections
+                .or(limits.max_connections)
+                .unwrap_or(d.max_connections),
+            max_connections_per_ip: cli
+                .max_connections_per_ip
+                .or(limits.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
+            client_ip_header,
+            room_limits: RoomLimits {
+                max_keys: cli
+                    .max_room_keys
+                    .or(limits.max_room_keys)
+                    .unwrap_or(d.room_limits.max_keys),
+                max_len: cli
+                    .max_room_value_len
+                    .or(limits.max_room_value_len)
+                    .unwrap_or(d.room_limits.max_len),
+            },
+            max_concurrent_bootstraps: cli
+                .max_concurrent_bootstraps
+                .or(limits.max_concurrent_bootstraps)
+                .unwrap_or(d.max_concurrent_bootstraps),
+            ws_ping_interval: Some(ping).filter(|p| !p.is_zero()),
+            reauth_interval: cli.reauth_interval.or(file_reauth),
+            shutdown_grace: cli
+                .shutdown_grace
+                .or(file_grace)
+                .unwrap_or(d.shutdown_grace),
+            status_enabled: !cli.disable_status && security.status_enabled.unwrap_or(true),
+            tls,
+        };
+        errors.extend(policy.problems());
+        policy
+    }
+
+    /// Checks independent of where values came from.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let positive = [
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_room_keys", self.room_limits.max_keys),
+            ("max_room_value_len", self.room_limits.max_len),
+            ("max_concurrent_bootstraps", self.max_concurrent_bootstraps),
+            ("message_burst", self.message_burst as usize),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                errors.push(format!("{field}: must be at least 1"));
+            }
+        }
+        if !(self.messages_per_second.is_finite() && self.messages_per_second > 0.0) {
+            errors.push("messages_per_second: must be a positive number".to_string());
+        }
+        if self
+            .reauth_interval
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            errors.push("reauth_interval: must be at least 1s".to_string());
+        }
+        errors
+    }
+}
+
+/// An allowed-origin entry: `*`, `scheme://host[:port]`, or `scheme://*.domain[:port]`.
+fn check_origin_pattern(pattern: &str) -> Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    let (scheme, host) = pattern
+        .split_once("://")
+        .ok_or_else(|| format!("{pattern:?} must look like https://app.example.com"))?;
+    if scheme.is_empty() || host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "{pattern:?} must be scheme://host[:port] with no path"
+        ));
+    }
+    if host.contains('*') && !(host.starts_with("*.") && host[2..].chars().all(|c| c != '*')) {
+        return Err(format!(
+            "{pattern:?}: only a leading *. wildcard is supported"
+        ));
+    }
+    Ok(())
+}
