@@ -23,6 +23,12 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// A client that could not keep up: its backlog is dropped, not sent.
+pub const SLOW_CLIENT: CloseReason = CloseReason {
+    code: close_code::TRY_AGAIN_LATER,
+    reason: "slow-client",
+};
+
 /// Why a connection ends, as sent in its close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CloseReason {
@@ -76,10 +82,7 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Stats::incr(&self.inner.stats.ws_messages_send_error);
-                if self.close(CloseReason {
-                    code: close_code::TRY_AGAIN_LATER,
-                    reason: "slow-client",
-                }) {
+                if self.close(SLOW_CLIENT) {
                     Stats::incr(&self.inner.stats.slow_client_disconnects);
                     tracing::info!("outgoing queue full: disconnecting slow client");
                 }

@@ -181,6 +181,7 @@ impl Server {
         )));
         if let Some(listener) = internal_listener {
             let internal = trigger_routes
+                .merge(ops_routes)
                 .route("/status", get(status_handler))
                 .with_state(state);
             servers.push(tokio::spawn(serve(

@@ -7,7 +7,7 @@ use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 
 use super::{close_message, CLIENT_CLOSED, CLOSE_GRACE};
-use crate::outbox::{close_code, CloseReason, Outbox, OutboxReceiver};
+use crate::outbox::{close_code, CloseReason, Outbox, OutboxReceiver, SLOW_CLIENT};
 use crate::stats::Stats;
 
 /// Most frames written before one flush. Bounds the write buffer a burst can grow (at ~200
@@ -45,15 +45,28 @@ pub(super) async fn write_loop(
             }
         }
     }
-    match outbox.close_reason() {
-        // The peer closed first: tungstenite already queued its close reply; flush it.
-        Some(CLIENT_CLOSED) | None => {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
+    let reason = outbox.close_reason();
+    let finish = async {
+        match reason {
+            // The peer closed first: tungstenite already queued its close reply; flush it.
+            Some(CLIENT_CLOSED) | None => {
+                let _ = sink.flush().await;
+            }
+            Some(reason) => {
+                // Frames queued before the close (a last answer, say) go out first, except a
+                // slow client's backlog, which is what got it closed.
+                if reason != SLOW_CLIENT {
+                    while let Ok(message) = receiver.rx.try_recv() {
+                        if sink.feed(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let _ = sink.send(close_message(reason)).await;
+            }
         }
-        Some(reason) => {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close_message(reason))).await;
-        }
-    }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, finish).await;
 }
 
 /// Writes `first` and whatever else is already queued (up to a bound), then flushes once.

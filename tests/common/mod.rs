@@ -73,6 +73,8 @@ pub struct Recorded {
 struct BackendState {
     bootstrap: Mutex<Option<Reply>>,
     requests: Mutex<Vec<Recorded>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A small real HTTP backend, as Django would be.
@@ -131,6 +133,13 @@ impl TestBackend {
 
     pub fn set_bootstrap(&self, reply: Reply) {
         *self.state.bootstrap.lock().expect("lock") = Some(reply);
+    }
+
+    /// The most requests the backend was ever answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -243,6 +252,29 @@ impl Client {
     }
 
     /// Connects to `/ws/{query}` with extra request headers.
+    /// Tries the websocket handshake; the HTTP status of a refusal before the upgrade.
+    pub async fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        let mut request = format!("ws://{addr}/ws/")
+            .into_client_request()
+            .expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("in time")
+        {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(other) => panic!("handshake failed: {other}"),
+        }
+    }
+
     pub async fn connect_with(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Client {
         let mut request = format!("ws://{addr}/ws/{query}")
             .into_client_request()
@@ -300,10 +332,15 @@ impl Client {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 
-    /// Asserts nothing arrives within `within`.
+    /// Asserts no text, binary or close frame arrives within `within` (websocket pings are
+    /// answered and skipped).
     pub async fn expect_silence(&mut self, within: Duration) {
-        if let Ok(Some(message)) = tokio::time::timeout(within, self.ws.next()).await {
-            panic!("expected silence, got {message:?}");
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match message {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected silence, got {other:?}"),
+            }
         }
     }
 
