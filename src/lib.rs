@@ -29,6 +29,7 @@ pub mod protocol;
 pub mod room;
 pub mod server;
 pub mod stats;
+mod tls;
 
 pub use backend::{Backend, BackendError, Bootstrap, ConnectRequest, HttpBackend};
 pub use config::Config;

@@ -81,6 +81,8 @@ pub enum StartError {
     NoBackend,
     #[error("cannot set up the backend client: {0}")]
     BackendClient(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -174,11 +176,15 @@ impl Server {
             connections: connections.clone(),
         };
         let mut servers = Vec::new();
-        servers.push(tokio::spawn(serve(
-            public_listener,
-            public.with_state(state.clone()),
-            shared.shutdown.clone(),
-        )));
+        let public = public.with_state(state.clone());
+        let shutdown = shared.shutdown.clone();
+        servers.push(match &shared.config.policy.tls {
+            Some(files) => {
+                let tls = crate::tls::load(files).await.map_err(StartError::Tls)?;
+                tokio::spawn(crate::tls::serve(public_listener, tls, public, shutdown))
+            }
+            None => tokio::spawn(serve(public_listener, public, shutdown)),
+        });
         if let Some(listener) = internal_listener {
             let internal = trigger_routes
                 .merge(ops_routes)
