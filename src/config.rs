@@ -504,6 +504,45 @@ mod tests {
     }
 
     #[test]
+    fn policy_tables_are_read_and_checked() {
+        let config = Config::from_toml(
+            r#"
+            [limits]
+            max_subscriptions = 3
+            messages_per_second = 2.5
+            [security]
+            allowed_origins = ["https://*.example.com"]
+            ws_ping_interval = "0"
+            reauth_interval = "1m"
+            status_enabled = false
+            "#,
+        )
+        .expect("valid");
+        let p = &config.policy;
+        assert_eq!(p.max_subscriptions, 3);
+        assert_eq!(p.messages_per_second, 2.5);
+        assert_eq!(p.allowed_origins, vec!["https://*.example.com"]);
+        assert_eq!(p.ws_ping_interval, None);
+        assert_eq!(p.reauth_interval, Some(Duration::from_secs(60)));
+        assert!(!p.status_enabled);
+
+        let err = Config::from_toml(
+            r#"
+            [limits]
+            max_connections = 0
+            [security]
+            allowed_origins = ["example.com"]
+            tls_cert = "/x.pem"
+            "#,
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for field in ["max_connections:", "allowed_origins:", "tls_cert:"] {
+            assert!(text.contains(field), "{field} missing in {text}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("lisen = \"127.0.0.1:1\"").expect_err("typo");
         assert!(err.to_string().contains("lisen"), "{err}");

@@ -1,14 +1,10 @@
 //! The `high-templar` binary: the library's [`Server`] with the default HTTP backend.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use high_templar::config::{Cli, Config};
 use high_templar::Server;
-
-/// How long open connections get to close after SIGTERM/SIGINT.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -25,6 +21,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let grace = config.policy.shutdown_grace;
     let handle = match Server::new(config).start().await {
         Ok(handle) => handle,
         Err(error) => {
@@ -34,7 +31,7 @@ async fn main() -> ExitCode {
     };
     wait_for_signal().await;
     tracing::info!("shutting down: closing connections with 1001");
-    handle.shutdown(SHUTDOWN_GRACE).await;
+    handle.shutdown(grace).await;
     ExitCode::SUCCESS
 }
 
