@@ -66,6 +66,10 @@ pub struct Cli {
     #[arg(long, env = "HT_API_SOCKET", value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
 
+    /// Extra CA certificates (PEM) trusted for an https:// api_url, e.g. an internal CA
+    #[arg(long, env = "HT_API_CA_FILE", value_name = "PATH")]
+    pub api_ca_file: Option<PathBuf>,
+
     /// Bearer token required on POST /trigger/ (Authorization: Bearer <token>)
     #[arg(
         long,
@@ -130,6 +134,7 @@ struct FileConfig {
     internal_listen: Option<String>,
     api_url: Option<String>,
     api_socket: Option<PathBuf>,
+    api_ca_file: Option<PathBuf>,
     trigger_token: Option<String>,
     idle_timeout: Option<DurationValue>,
     backend_timeout: Option<DurationValue>,
@@ -180,6 +185,8 @@ pub struct BackendSettings {
     /// plugged in.
     pub api_url: Option<ApiUrl>,
     pub api_socket: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM) for an https backend.
+    pub api_ca_file: Option<PathBuf>,
     pub timeout: Duration,
     pub forward_headers: Vec<HeaderRule>,
     pub on_connect: Option<String>,
@@ -220,6 +227,7 @@ impl Default for Config {
             backend: BackendSettings {
                 api_url: None,
                 api_socket: None,
+                api_ca_file: None,
                 timeout: DEFAULT_BACKEND_TIMEOUT,
                 forward_headers: Vec::new(),
                 on_connect: None,
@@ -302,6 +310,7 @@ impl Config {
             backend: BackendSettings {
                 api_url: cli.api_url.or(file_api_url),
                 api_socket: cli.api_socket.or(file.api_socket),
+                api_ca_file: cli.api_ca_file.or(file.api_ca_file),
                 timeout: cli
                     .backend_timeout
                     .or(file_backend_timeout)
@@ -393,6 +402,7 @@ impl Config {
         Some(HttpBackendConfig {
             api_url: b.api_url.clone()?,
             api_socket: b.api_socket.clone(),
+            ca_file: b.api_ca_file.clone(),
             timeout: b.timeout,
             forward_headers: b.forward_headers.clone(),
             on_connect: b.on_connect.clone(),

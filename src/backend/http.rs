@@ -91,6 +91,8 @@ pub struct HttpBackendConfig {
     /// Connect to this unix socket instead of the URL's host; the URL's path and host (as
     /// `Host`) are still used.
     pub api_socket: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM) for https, beside the system's.
+    pub ca_file: Option<PathBuf>,
     /// Whole-call timeout: connect, request, and reading the body.
     pub timeout: Duration,
     /// Extra or overriding forwarded headers.
@@ -124,7 +126,7 @@ impl HttpBackend {
                 http.set_nodelay(true);
                 if config.api_url.is_https() {
                     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_native_roots()?
+                        .with_tls_config(tls_client_config(config.ca_file.as_deref())?)
                         .https_only()
                         .enable_http1()
                         .wrap_connector(http);
@@ -194,6 +196,32 @@ impl HttpBackend {
             Err(error) => tracing::warn!(conn = %request.id, %path, %error, "backend hook failed"),
         }
     }
+}
+
+/// The system's trusted roots plus those of `ca_file`.
+fn tls_client_config(ca_file: Option<&std::path::Path>) -> std::io::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: the CA file may be all that is needed.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| std::io::Error::other(format!("api_ca_file {}: {e}", path.display())))?;
+        roots.add_parsable_certificates(certs);
+    }
+    if roots.is_empty() {
+        return Err(std::io::Error::other(
+            "no trusted CA certificates for an https api_url",
+        ));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The error and its sources on one line: hyper's top-level error alone says little.
