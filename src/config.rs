@@ -124,6 +124,15 @@ pub struct Cli {
 
     #[command(flatten)]
     pub policy: PolicyCli,
+    /// Demo mode: a built-in backend letting everyone into {"target":"demo","room":"*"}, the
+    /// demo page at /, and POST /trigger/ WITHOUT a token. Loopback addresses only.
+    #[arg(long, env = "HT_DEMO")]
+    pub demo: bool,
+
+    /// DANGEROUS: let demo mode listen on a non-loopback address, where anyone who can reach
+    /// it may publish without a token
+    #[arg(long, env = "HT_DEMO_ALLOW_PUBLIC")]
+    pub demo_allow_public: bool,
 }
 
 /// The config file: the same settings as the flags, in snake_case.
@@ -150,6 +159,8 @@ struct FileConfig {
     limits: LimitsFile,
     #[serde(default)]
     security: SecurityFile,
+    demo: Option<bool>,
+    demo_allow_public: Option<bool>,
 }
 
 /// A duration in a file: seconds as a number, or text like "10s", "5m".
@@ -215,6 +226,11 @@ pub struct Config {
     pub max_batch: usize,
     /// Origins, limits, liveness and TLS.
     pub policy: Policy,
+    /// Demo mode: the built-in [`crate::demo::DemoBackend`], the demo page at `/`, and an
+    /// open (token-less) `POST /trigger/` on the public address.
+    pub demo: bool,
+    /// Lets demo mode listen on a non-loopback address (logged as a warning at start).
+    pub demo_allow_public: bool,
 }
 
 impl Default for Config {
@@ -241,6 +257,8 @@ impl Default for Config {
             max_trigger_body: DEFAULT_MAX_TRIGGER_BODY,
             max_batch: DEFAULT_MAX_BATCH,
             policy: Policy::default(),
+            demo: false,
+            demo_allow_public: false,
         }
     }
 }
@@ -339,6 +357,10 @@ impl Config {
                 .unwrap_or(defaults.max_trigger_body),
             max_batch: defaults.max_batch,
             policy: Policy::merge(cli.policy, file.limits, file.security, &mut errors),
+            // A flag can only switch these on: a bare `--demo` has no "off" form.
+            demo: cli.demo || file.demo.unwrap_or(defaults.demo),
+            demo_allow_public: cli.demo_allow_public
+                || file.demo_allow_public.unwrap_or(defaults.demo_allow_public),
         };
         errors.extend(config.problems());
         if errors.is_empty() {
@@ -377,6 +399,7 @@ impl Config {
         if Some(self.listen) == self.internal_listen {
             errors.push("internal_listen: must differ from listen".to_string());
         }
+        errors.extend(self.demo_problems());
         for (field, path) in [
             ("on_connect", &self.backend.on_connect),
             ("on_disconnect", &self.backend.on_disconnect),
@@ -392,6 +415,32 @@ impl Config {
                     errors.push(format!("{field}: {path:?} is not a path under api_url"));
                 }
             }
+        }
+        errors
+    }
+
+    /// Demo mode publishes without a token, so it stays on loopback unless forced, and it
+    /// brings its own backend, so a configured one would be silently ignored.
+    fn demo_problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !self.demo {
+            if self.demo_allow_public {
+                errors.push("demo_allow_public: only means something with demo".to_string());
+            }
+            return errors;
+        }
+        if !self.demo_allow_public && !self.listen.ip().is_loopback() {
+            errors.push(format!(
+                "listen: demo mode refuses the non-loopback address {} (anyone reaching it could \
+                 publish without a token); use 127.0.0.1, or force it with --demo-allow-public",
+                self.listen
+            ));
+        }
+        if self.backend.api_url.is_some() || self.backend.api_socket.is_some() {
+            errors.push(
+                "api_url: demo mode has its own backend; remove api_url/api_socket or --demo"
+                    .to_string(),
+            );
         }
         errors
     }
@@ -556,6 +605,35 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("lisen = \"127.0.0.1:1\"").expect_err("typo");
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn demo_is_read_from_file_flag_and_environment_style_values() {
+        let config = Config::from_toml("demo = true").expect("valid");
+        assert!(config.demo && !config.demo_allow_public);
+        let cli = Cli::try_parse_from(["high-templar", "--demo"]).expect("cli");
+        assert!(Config::load(cli).expect("valid").demo);
+    }
+
+    #[test]
+    fn demo_stays_on_loopback_unless_forced() {
+        let err = Config::from_toml("demo = true\nlisten = \"0.0.0.0:8080\"").expect_err("public");
+        assert!(
+            err.to_string().contains("listen: demo mode refuses"),
+            "{err}"
+        );
+        let config =
+            Config::from_toml("demo = true\ndemo_allow_public = true\nlisten = \"0.0.0.0:8080\"")
+                .expect("forced");
+        assert!(config.demo_allow_public);
+        assert!(Config::from_toml("demo = true\nlisten = \"[::1]:8080\"").is_ok());
+    }
+
+    #[test]
+    fn demo_refuses_a_configured_backend() {
+        let err = Config::from_toml("demo = true\napi_url = \"http://127.0.0.1:8000/api/\"")
+            .expect_err("two backends");
+        assert!(err.to_string().contains("api_url: demo mode"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`stats`]: node-wide counters behind the `status` answer.
 //! - [`config`]: the typed configuration (file, environment, flags); [`policy`]: its limits and
 //!   security part.
+//! - [`demo`]: `--demo`: a built-in backend letting everyone in, and the demo page at `/`.
 //! - [`server`]: listeners, routes (`/ws/`, `/trigger/`), start and shutdown.
 //!
 //! `main.rs` only parses the configuration and runs a [`Server`].
@@ -21,6 +22,7 @@ mod admission;
 pub mod backend;
 pub mod config;
 mod connection;
+pub mod demo;
 pub mod hub;
 mod metrics;
 pub mod outbox;

@@ -26,6 +26,7 @@ use crate::admission::Admission;
 use crate::backend::{Backend, BackendGate, ConnectRequest, HttpBackend};
 use crate::config::Config;
 use crate::connection;
+use crate::demo::{self, DemoBackend};
 use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::{Trigger, TriggerError};
 use crate::stats::{Stats, TriggerSource};
@@ -114,6 +115,7 @@ impl Server {
     pub async fn start(self) -> Result<Handle, StartError> {
         let backend: Arc<dyn Backend> = match self.backend {
             Some(backend) => backend,
+            None if self.config.demo => Arc::new(DemoBackend),
             None => {
                 let settings = self.config.http_backend().ok_or(StartError::NoBackend)?;
                 Arc::new(HttpBackend::new(settings).map_err(StartError::BackendClient)?)
@@ -164,12 +166,26 @@ impl Server {
         if internal_listener.is_none() {
             public = public.merge(ops_routes.clone());
         }
-        match (&internal_listener, &config.trigger_token) {
-            (Some(_), _) => {}
-            (None, Some(_)) => public = public.merge(trigger_routes.clone()),
-            (None, None) => tracing::warn!(
-                "no trigger_token and no internal_listen: POST /trigger/ is disabled"
-            ),
+        if config.demo {
+            // The demo's own open trigger path replaces the token-protected one here; the
+            // loopback-only rule in `Config::problems` is what makes that safe.
+            public = public.merge(demo::routes(config.max_trigger_body));
+            if !local_addr.ip().is_loopback() {
+                tracing::warn!(
+                    %local_addr,
+                    "DEMO MODE ON A PUBLIC ADDRESS (--demo-allow-public): anyone who can reach \
+                     it can publish to every demo room without a token"
+                );
+            }
+            tracing::info!("demo mode: open http://{local_addr}/ in a browser");
+        } else {
+            match (&internal_listener, &config.trigger_token) {
+                (Some(_), _) => {}
+                (None, Some(_)) => public = public.merge(trigger_routes.clone()),
+                (None, None) => tracing::warn!(
+                    "no trigger_token and no internal_listen: POST /trigger/ is disabled"
+                ),
+            }
         }
         let state = AppState {
             shared: shared.clone(),
@@ -268,9 +284,10 @@ impl Handle {
     }
 }
 
+/// What every route handler gets.
 #[derive(Clone)]
-struct AppState {
-    shared: Arc<Shared>,
+pub(crate) struct AppState {
+    pub shared: Arc<Shared>,
     connections: TaskTracker,
 }
 
@@ -314,8 +331,7 @@ async fn trigger_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let shared = &state.shared;
-    if let Some(token) = &shared.config.trigger_token {
+    if let Some(token) = &state.shared.config.trigger_token {
         if !bearer_matches(&headers, token) {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -323,8 +339,14 @@ async fn trigger_handler(
             );
         }
     }
+    accept_triggers(&state.shared, &body)
+}
+
+/// Parses a `/trigger/` body (one trigger or a list) and publishes it: the part shared by the
+/// token-protected route and the demo's open one.
+pub(crate) fn accept_triggers(shared: &Shared, body: &[u8]) -> Response {
     let config = &shared.config;
-    match Trigger::parse_batch(&body, &config.policy.room_limits, config.max_batch) {
+    match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
         Ok(triggers) => {
             let delivered = shared.publish(&triggers, TriggerSource::Http);
             Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()

@@ -1,0 +1,351 @@
+/**
+ * high-templar-client: one websocket to a high-templar server, rooms to subscribe to, and
+ * the reconnect logic every frontend would otherwise write by hand.
+ *
+ * Protocol quirks handled here (see PROTOCOL.md):
+ * - Answers to subscribe/unsubscribe/status carry no requestId: the server answers in order,
+ *   so pending requests are a FIFO and each answer settles the oldest one. `pong` and publish
+ *   frames are not answers.
+ * - The first frame says whether the backend authorised us. `is_authorized: false` without an
+ *   error is final (logged out): no reconnect. With `error: "backend-unavailable"` (close
+ *   1013) the backend is down: back off and retry.
+ * - Subscriptions live on one connection; after a reconnect every one is sent again.
+ */
+/** Defaults: a ping every 25 s costs ~nothing and keeps proxies with 60 s timeouts open. */
+export const DEFAULTS = {
+    pingInterval: 25000,
+    deadAfter: 10000,
+    // Above the server's default backend timeout (10 s), which answers backend-unavailable.
+    connectTimeout: 20000,
+    backoffInitial: 500,
+    backoffMax: 30000,
+};
+/** The server's close code for "try again later" (backend unavailable). */
+export const CLOSE_TRY_AGAIN_LATER = 1013;
+/** Opens a connection to `url` (e.g. `wss://example.com/ws/`) and keeps it open. */
+export function connect(url, options = {}) {
+    return new Client(url, options);
+}
+/** A v4 UUID; `crypto.randomUUID` exists only in secure contexts, hence the fallback. */
+export function requestId() {
+    const c = globalThis.crypto;
+    if (c && typeof c.randomUUID === 'function')
+        return c.randomUUID();
+    const hex = [...Array(32)].map(() => Math.floor(Math.random() * 16).toString(16));
+    hex[12] = '4';
+    hex[16] = ((parseInt(hex[16], 16) & 3) | 8).toString(16);
+    const s = hex.join('');
+    return `${s.slice(0, 8)}-${s.slice(8, 12)}-${s.slice(12, 16)}-${s.slice(16, 20)}-${s.slice(20)}`;
+}
+/** Full-jitter backoff: uniform in [0, min(max, initial * 2^attempt)). */
+export function backoffDelay(attempt, initial, max) {
+    const ceiling = Math.min(max, initial * 2 ** Math.min(attempt, 30));
+    return Math.floor(Math.random() * ceiling);
+}
+const OPEN = 1;
+class Client {
+    constructor(url, options) {
+        this.url = url;
+        this._state = 'connecting';
+        this._allowedRooms = [];
+        this.listeners = {
+            state: new Set(),
+            authorized: new Set(),
+            unauthorized: new Set(),
+            error: new Set(),
+        };
+        this.subs = new Set();
+        /** requestId → subscription, for the current connection. */
+        this.byRequestId = new Map();
+        this.pending = [];
+        this.socket = null;
+        this.attempt = 0;
+        this.timers = {};
+        this.opts = { ...DEFAULTS, ...options };
+        // Listeners are attached synchronously after connect() returns; open after that.
+        setTimeout(() => this.open(), 0);
+    }
+    get state() {
+        return this._state;
+    }
+    get allowedRooms() {
+        return this._allowedRooms;
+    }
+    on(event, listener) {
+        this.listeners[event].add(listener);
+        return () => this.listeners[event].delete(listener);
+    }
+    subscribe(room, onData) {
+        let resolve;
+        let reject;
+        const ready = new Promise((res, rej) => {
+            resolve = res;
+            reject = rej;
+        });
+        // A caller that never awaits `ready` must not get an unhandled rejection.
+        ready.catch(() => { });
+        const sub = { room, onData, requestId: null, confirmed: false, resolve, reject };
+        this.subs.add(sub);
+        if (this._state === 'authorized')
+            this.sendSubscribe(sub);
+        return { room, ready, unsubscribe: () => this.unsubscribe(sub) };
+    }
+    status() {
+        return new Promise((resolve, reject) => {
+            if (this._state !== 'authorized' || !this.socket) {
+                reject(new Error(`not connected (state: ${this._state})`));
+                return;
+            }
+            this.pending.push({ kind: 'status', resolve, reject });
+            this.socket.send(JSON.stringify({ type: 'status' }));
+        });
+    }
+    close() {
+        if (this._state === 'closed')
+            return;
+        this.teardown(1000);
+        this.setState('closed', {});
+    }
+    // --- connection lifecycle -------------------------------------------------------------
+    async open() {
+        if (this._state === 'closed' || this._state === 'unauthorized')
+            return;
+        this.setState('connecting', {});
+        let Impl;
+        try {
+            Impl = this.opts.WebSocket ?? (await defaultWebSocket());
+        }
+        catch (error) {
+            this.emit('error', asError(error));
+            this.setState('closed', {});
+            return;
+        }
+        if (this._state !== 'connecting')
+            return; // closed while loading `ws`
+        let socket;
+        try {
+            socket = new Impl(withToken(this.url, this.opts.token));
+        }
+        catch (error) {
+            this.emit('error', asError(error));
+            this.retry(undefined);
+            return;
+        }
+        this.socket = socket;
+        let first = true;
+        // Until the first frame, the bootstrap call is the one that may hang.
+        this.armDeadTimer(this.opts.connectTimeout);
+        socket.onmessage = (event) => {
+            if (socket !== this.socket)
+                return;
+            const text = typeof event.data === 'string' ? event.data : String(event.data);
+            if (first) {
+                first = false;
+                this.onFirstFrame(text);
+            }
+            else {
+                this.onFrame(text);
+            }
+        };
+        socket.onclose = (event) => {
+            if (socket !== this.socket)
+                return;
+            this.teardown(undefined);
+            this.retry(event.code);
+        };
+        socket.onerror = () => {
+            // Always followed by a close event, which decides what happens next.
+        };
+    }
+    onFirstFrame(text) {
+        clearTimeout(this.timers.dead);
+        let hello;
+        try {
+            hello = JSON.parse(text);
+        }
+        catch {
+            hello = null;
+        }
+        if (hello && hello.is_authorized === true) {
+            this.attempt = 0;
+            this._allowedRooms = Array.isArray(hello.allowed_rooms) ? hello.allowed_rooms : [];
+            this.setState('authorized', {});
+            this.emit('authorized', this._allowedRooms);
+            for (const sub of this.subs)
+                this.sendSubscribe(sub);
+            this.timers.ping = setInterval(() => this.ping(), this.opts.pingInterval);
+            return;
+        }
+        if (hello && hello.is_authorized === false && !hello.error) {
+            this.teardown(1000);
+            this.setState('unauthorized', {});
+            this.emit('unauthorized');
+            return;
+        }
+        // backend-unavailable (or something unexpected): the server closes with 1013; retry.
+        const reason = hello && hello.error ? hello.error : `unexpected first frame: ${text.slice(0, 100)}`;
+        this.emit('error', new Error(`server: ${reason}`));
+        this.teardown(undefined);
+        this.retry(CLOSE_TRY_AGAIN_LATER);
+    }
+    onFrame(text) {
+        if (text === 'pong') {
+            clearTimeout(this.timers.dead);
+            return;
+        }
+        let frame;
+        try {
+            frame = JSON.parse(text);
+        }
+        catch {
+            this.emit('error', new Error(`non-JSON frame from server: ${text.slice(0, 100)}`));
+            return;
+        }
+        if (frame && frame.type === 'publish') {
+            const sub = this.byRequestId.get(frame.requestId);
+            // Unknown: unsubscribed locally, the server has not seen it yet. Drop.
+            if (sub)
+                sub.onData(frame.data);
+            return;
+        }
+        const request = this.pending.shift();
+        if (!request) {
+            this.emit('error', new Error(`unexpected frame from server: ${text.slice(0, 100)}`));
+            return;
+        }
+        const failed = frame && frame.code === 'error';
+        switch (request.kind) {
+            case 'subscribe': {
+                const sub = request.sub;
+                if (!failed) {
+                    if (!sub.confirmed)
+                        sub.resolve();
+                    sub.confirmed = true;
+                    return;
+                }
+                // Not allowed: retrying after a reconnect would fail the same way.
+                if (sub.requestId)
+                    this.byRequestId.delete(sub.requestId);
+                if (this.subs.delete(sub)) {
+                    const error = new Error(`subscribe ${JSON.stringify(sub.room)}: ${frame.message}`);
+                    sub.reject(error);
+                    this.emit('error', error);
+                }
+                return;
+            }
+            case 'unsubscribe':
+                return; // not-subscribed only means it was already gone
+            case 'status':
+                if (failed)
+                    request.reject(new Error(`status: ${frame.message}`));
+                else
+                    request.resolve(frame);
+        }
+    }
+    sendSubscribe(sub) {
+        if (!this.socket || this.socket.readyState !== OPEN)
+            return;
+        sub.requestId = requestId();
+        this.byRequestId.set(sub.requestId, sub);
+        this.pending.push({ kind: 'subscribe', sub });
+        this.socket.send(JSON.stringify({ type: 'subscribe', room: sub.room, requestId: sub.requestId }));
+    }
+    unsubscribe(sub) {
+        if (!this.subs.delete(sub))
+            return;
+        const id = sub.requestId;
+        sub.requestId = null;
+        if (!id)
+            return;
+        this.byRequestId.delete(id);
+        if (this._state === 'authorized' && this.socket && this.socket.readyState === OPEN) {
+            this.pending.push({ kind: 'unsubscribe' });
+            this.socket.send(JSON.stringify({ type: 'unsubscribe', requestId: id }));
+        }
+    }
+    ping() {
+        if (!this.socket || this.socket.readyState !== OPEN)
+            return;
+        this.socket.send('ping');
+        this.armDeadTimer(this.opts.deadAfter);
+    }
+    /** No answer in time: the network may hold a dead TCP connection for minutes; drop it. */
+    armDeadTimer(ms) {
+        clearTimeout(this.timers.dead);
+        this.timers.dead = setTimeout(() => {
+            this.emit('error', new Error(`no answer from server in ${ms} ms`));
+            this.teardown(4000);
+            this.retry(undefined);
+        }, ms);
+    }
+    /** Drops the socket and per-connection state; subscriptions stay for the next one. */
+    teardown(code) {
+        clearInterval(this.timers.ping);
+        clearTimeout(this.timers.dead);
+        clearTimeout(this.timers.retry);
+        this.timers = {};
+        const socket = this.socket;
+        this.socket = null;
+        if (socket) {
+            socket.onmessage = socket.onclose = socket.onerror = socket.onopen = null;
+            try {
+                socket.close(code);
+            }
+            catch {
+                // Closing a socket that never opened can throw; it is gone either way.
+            }
+        }
+        this.byRequestId.clear();
+        for (const sub of this.subs)
+            sub.requestId = null;
+        const pending = this.pending;
+        this.pending = [];
+        for (const request of pending) {
+            if (request.kind === 'status')
+                request.reject(new Error('connection lost'));
+        }
+    }
+    retry(code) {
+        if (this._state === 'closed' || this._state === 'unauthorized')
+            return;
+        const delay = backoffDelay(this.attempt, this.opts.backoffInitial, this.opts.backoffMax);
+        this.attempt += 1;
+        this.setState('waiting', { delay, attempt: this.attempt, code });
+        this.timers.retry = setTimeout(() => this.open(), delay);
+    }
+    // --- events ---------------------------------------------------------------------------
+    setState(state, info) {
+        this._state = state;
+        this.emit('state', state, info);
+    }
+    emit(event, ...args) {
+        for (const listener of this.listeners[event]) {
+            try {
+                listener(...args);
+            }
+            catch (error) {
+                // A throwing listener must not break the connection logic.
+                setTimeout(() => {
+                    throw error;
+                }, 0);
+            }
+        }
+    }
+}
+function withToken(url, token) {
+    if (!token)
+        return url;
+    return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
+}
+async function defaultWebSocket() {
+    const global = globalThis.WebSocket;
+    if (typeof global === 'function')
+        return global;
+    // A variable keeps bundlers from pulling the Node-only `ws` package into browser builds.
+    const name = 'ws';
+    const mod = await import(name);
+    return mod.WebSocket ?? mod.default;
+}
+function asError(error) {
+    return error instanceof Error ? error : new Error(String(error));
+}
