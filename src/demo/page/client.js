@@ -159,6 +159,7 @@ class Client {
     }
     onFirstFrame(text) {
         clearTimeout(this.timers.dead);
+        this.timers.dead = undefined;
         let hello;
         try {
             hello = JSON.parse(text);
@@ -191,6 +192,7 @@ class Client {
     onFrame(text) {
         if (text === 'pong') {
             clearTimeout(this.timers.dead);
+            this.timers.dead = undefined;
             return;
         }
         let frame;
@@ -267,7 +269,10 @@ class Client {
         if (!this.socket || this.socket.readyState !== OPEN)
             return;
         this.socket.send('ping');
-        this.armDeadTimer(this.opts.deadAfter);
+        // Still waiting for the previous pong: its deadline stands, or frequent pings would
+        // postpone it forever.
+        if (this.timers.dead === undefined)
+            this.armDeadTimer(this.opts.deadAfter);
     }
     /** No answer in time: the network may hold a dead TCP connection for minutes; drop it. */
     armDeadTimer(ms) {
