@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -126,12 +127,12 @@ pub struct Cli {
     pub policy: PolicyCli,
     /// Demo mode: a built-in backend letting everyone into {"target":"demo","room":"*"}, the
     /// demo page at /, and POST /trigger/ WITHOUT a token. Loopback addresses only.
-    #[arg(long, env = "HT_DEMO")]
+    #[arg(long, env = "HT_DEMO", value_parser = BoolishValueParser::new())]
     pub demo: bool,
 
     /// DANGEROUS: let demo mode listen on a non-loopback address, where anyone who can reach
     /// it may publish without a token
-    #[arg(long, env = "HT_DEMO_ALLOW_PUBLIC")]
+    #[arg(long, env = "HT_DEMO_ALLOW_PUBLIC", value_parser = BoolishValueParser::new())]
     pub demo_allow_public: bool,
 }
 

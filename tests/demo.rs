@@ -143,6 +143,18 @@ fn demo_refuses_a_public_address_without_the_loud_flag() {
 }
 
 #[test]
+fn demo_is_also_switched_on_by_the_environment() {
+    let output = binary()
+        .args(["--listen", "0.0.0.0:0"])
+        .env("HT_DEMO", "1")
+        .output()
+        .expect("run binary");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("demo mode refuses"), "{stderr}");
+}
+
+#[test]
 fn the_loud_flag_starts_a_public_demo_with_a_warning() {
     let mut child = binary()
         .args(["--demo", "--demo-allow-public", "--listen", "0.0.0.0:0"])
