@@ -251,10 +251,14 @@ impl Client {
         Self::connect_with(addr, "", &[]).await
     }
 
-    /// Connects to `/ws/{query}` with extra request headers.
-    /// Tries the websocket handshake; the HTTP status of a refusal before the upgrade.
-    pub async fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, u16> {
-        let mut request = format!("ws://{addr}/ws/")
+    /// Tries the websocket handshake on `/ws/{query}`; the HTTP status of a refusal before
+    /// the upgrade.
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        let mut request = format!("ws://{addr}/ws/{query}")
             .into_client_request()
             .expect("request");
         for (name, value) in headers {
@@ -265,7 +269,7 @@ impl Client {
         }
         match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
-            .expect("in time")
+            .expect("handshake in time")
         {
             Ok((ws, _)) => Ok(Client { ws }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -275,21 +279,16 @@ impl Client {
         }
     }
 
+    pub async fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        Self::try_connect_with(addr, "", headers).await
+    }
+
+    /// Connects to `/ws/{query}` with extra request headers.
     pub async fn connect_with(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Client {
-        let mut request = format!("ws://{addr}/ws/{query}")
-            .into_client_request()
-            .expect("request");
-        for (name, value) in headers {
-            request.headers_mut().insert(
-                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                value.parse().expect("value"),
-            );
+        match Self::try_connect_with(addr, query, headers).await {
+            Ok(client) => client,
+            Err(status) => panic!("websocket refused with HTTP {status}"),
         }
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-            .await
-            .expect("connect in time")
-            .expect("websocket handshake");
-        Client { ws }
     }
 
     /// Connects and reads the first frame, asserting it authorised the connection.
