@@ -30,7 +30,7 @@ pub fn start(listen: SocketAddr) -> std::io::Result<SocketAddr> {
                 }
             };
             runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(listen).await {
+                let listener = match bind(listen) {
                     Ok(listener) => listener,
                     Err(error) => {
                         let _ = tx.send(Err(error));
@@ -57,4 +57,15 @@ pub fn start(listen: SocketAddr) -> std::io::Result<SocketAddr> {
         })?;
     rx.recv()
         .map_err(|_| std::io::Error::other("fake backend thread died"))?
+}
+
+/// The server opens up to one backend connection per websocket being opened: a backlog of 128
+/// (tokio's default) overflows at a few hundred at once.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
