@@ -111,8 +111,12 @@ impl WsClient {
 
     /// Sends one masked text frame.
     pub async fn send_text(&mut self, text: &[u8]) -> io::Result<()> {
+        self.send_frame(OP_TEXT, text).await
+    }
+
+    async fn send_frame(&mut self, opcode: u8, text: &[u8]) -> io::Result<()> {
         let mut frame = Vec::with_capacity(text.len() + 14);
-        frame.push(0x80 | OP_TEXT);
+        frame.push(0x80 | opcode);
         match text.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
             n if n <= u16::MAX as usize => {
@@ -135,15 +139,20 @@ impl WsClient {
         self.stream.write_all(&frame).await
     }
 
-    /// Reads the next text or close frame; pings and pongs are skipped (a server ping is
-    /// answered by nobody: the benchmark's runs are shorter than any ping timeout).
+    /// Reads the next text or close frame; a server ping is answered (the server closes
+    /// clients that stay silent past its ping timeout), pongs are skipped.
     pub async fn next_frame(&mut self) -> io::Result<Frame> {
         loop {
             if let Some(frame) = self.parse()? {
-                if frame.opcode == OP_PING || frame.opcode == OP_PONG {
-                    continue;
+                match frame.opcode {
+                    OP_PING => {
+                        let payload = self.payload(&frame).to_vec();
+                        self.send_frame(OP_PONG, &payload).await?;
+                        continue;
+                    }
+                    OP_PONG => continue,
+                    _ => return Ok(frame),
                 }
-                return Ok(frame);
             }
             if self.start == self.end {
                 self.start = 0;
