@@ -9,3 +9,6 @@ cargo test --locked
 
 echo "== clients and demo page (TypeScript, Python, headless Chromium)"
 ./scripts/ci-clients.sh
+
+echo "== benchmark smoke run (tiny sizes, no timing assertions)"
+./scripts/ci-bench-smoke.sh
