@@ -13,9 +13,9 @@ use proptest::sample::{select, subsequence};
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Map, Value};
 
-/// Cases per property when `PROPTEST_CASES` is not set: 1024 × the 15 properties below take
-/// about two seconds in a debug build on a 2-core machine.
-const DEFAULT_CASES: u32 = 1024;
+/// Cases per property when `PROPTEST_CASES` is not set: 512 × the 15 properties below take
+/// about two seconds of CPU in a debug build.
+const DEFAULT_CASES: u32 = 512;
 
 /// The largest batch `parse_batch` accepts in these tests; small, so that the limit is hit.
 const MAX_BATCH: usize = 4;
