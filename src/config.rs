@@ -35,6 +35,12 @@ pub const DEFAULT_OUTGOING_QUEUE: usize = 1024;
 pub const DEFAULT_MAX_TRIGGER_BODY: usize = 1024 * 1024;
 /// Most triggers in one `/trigger/` batch.
 pub const DEFAULT_MAX_BATCH: usize = 10_000;
+/// The original's exchange: existing backends publish there, so it must stay the default.
+pub const DEFAULT_AMQP_EXCHANGE: &str = "hightemplar";
+/// The Redis channel, named like the exchange so one word names the trigger stream.
+pub const DEFAULT_REDIS_CHANNEL: &str = "hightemplar";
+/// AMQP 0.9.1 names (exchanges) are short strings: at most 255 bytes.
+const MAX_AMQP_NAME: usize = 255;
 
 /// The command line. Every flag also reads an `HT_*` environment variable.
 #[derive(Debug, Default, Parser)]
@@ -134,6 +140,40 @@ pub struct Cli {
     /// it may publish without a token
     #[arg(long, env = "HT_DEMO_ALLOW_PUBLIC", value_parser = BoolishValueParser::new())]
     pub demo_allow_public: bool,
+    /// Consume triggers from RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    /// (3.1: RABBITMQ) [default: off]
+    #[arg(
+        long,
+        env = "HT_AMQP_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        value_parser = parse_amqp_url
+    )]
+    pub amqp_url: Option<String>,
+
+    /// Exchange the triggers are published to (direct, not durable, declared by the server)
+    /// [default: hightemplar]
+    #[arg(long, env = "HT_AMQP_EXCHANGE", value_name = "NAME")]
+    pub amqp_exchange: Option<String>,
+
+    /// POST /trigger/ publishes into the AMQP exchange instead of delivering locally, so a
+    /// trigger sent to any node reaches every node; it then answers {"published": n}
+    #[arg(long, env = "HT_AMQP_PUBLISH_HTTP_TRIGGERS")]
+    pub amqp_publish_http_triggers: bool,
+
+    /// Receive triggers by Redis pub/sub, e.g. redis://127.0.0.1:6379/ [default: off]
+    #[arg(
+        long,
+        env = "HT_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        value_parser = parse_redis_url
+    )]
+    pub redis_url: Option<String>,
+
+    /// Redis pub/sub channel the triggers are published to [default: hightemplar]
+    #[arg(long, env = "HT_REDIS_CHANNEL", value_name = "NAME")]
+    pub redis_channel: Option<String>,
 }
 
 /// The config file: the same settings as the flags, in snake_case.
@@ -162,6 +202,11 @@ struct FileConfig {
     security: SecurityFile,
     demo: Option<bool>,
     demo_allow_public: Option<bool>,
+    amqp_url: Option<String>,
+    amqp_exchange: Option<String>,
+    amqp_publish_http_triggers: Option<bool>,
+    redis_url: Option<String>,
+    redis_channel: Option<String>,
 }
 
 /// A duration in a file: seconds as a number, or text like "10s", "5m".
@@ -188,6 +233,51 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
     }
     humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Checks an AMQP URL (`amqp://` or `amqps://`). The error never repeats the URL: it may hold
+/// a password.
+pub fn parse_amqp_url(text: &str) -> Result<String, String> {
+    match text.parse::<lapin::uri::AMQPUri>() {
+        Ok(_) => Ok(text.to_string()),
+        Err(e) => Err(format!(
+            "not an AMQP URL like amqp://user:password@host:5672/vhost ({})",
+            e.replace(text, "<url>")
+        )),
+    }
+}
+
+/// Checks a Redis URL (`redis://`, `rediss://`, `unix://`, `redis+unix://`). The error never
+/// repeats the URL: it may hold a password.
+pub fn parse_redis_url(text: &str) -> Result<String, String> {
+    use ::redis::IntoConnectionInfo;
+    match text.into_connection_info() {
+        Ok(_) => Ok(text.to_string()),
+        Err(e) => Err(format!(
+            "not a Redis URL like redis://127.0.0.1:6379/ ({})",
+            e.to_string().replace(text, "<url>")
+        )),
+    }
+}
+
+/// The RabbitMQ trigger source (PROTOCOL.md section 4).
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// Broker URL; may hold a password, so it is never logged.
+    pub url: String,
+    /// Exchange to declare and consume from (direct, not durable).
+    pub exchange: String,
+    /// `POST /trigger/` publishes into the exchange instead of delivering locally.
+    pub publish_http_triggers: bool,
+}
+
+/// The Redis pub/sub trigger source.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Server URL; may hold a password, so it is never logged.
+    pub url: String,
+    /// Channel to subscribe to.
+    pub channel: String,
 }
 
 /// Where the default backend is and how to call it.
@@ -232,6 +322,10 @@ pub struct Config {
     pub demo: bool,
     /// Lets demo mode listen on a non-loopback address (logged as a warning at start).
     pub demo_allow_public: bool,
+    /// Trigger source: RabbitMQ (`None`: off).
+    pub amqp: Option<AmqpSettings>,
+    /// Trigger source: Redis pub/sub (`None`: off).
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for Config {
@@ -260,6 +354,8 @@ impl Default for Config {
             policy: Policy::default(),
             demo: false,
             demo_allow_public: false,
+            amqp: None,
+            redis: None,
         }
     }
 }
@@ -323,6 +419,49 @@ impl Config {
         // Flags and environment come after the file's rules, so they override by name.
         forward_headers.extend(cli.forward_headers);
 
+        let mut url =
+            |field: &str, text: Option<String>, check: fn(&str) -> Result<String, String>| {
+                text.and_then(|text| {
+                    check(&text)
+                        .map_err(|e| errors.push(format!("{field}: {e}")))
+                        .ok()
+                })
+            };
+        let file_amqp_url = url("amqp_url", file.amqp_url, parse_amqp_url);
+        let file_redis_url = url("redis_url", file.redis_url, parse_redis_url);
+        let amqp_exchange = cli.amqp_exchange.or(file.amqp_exchange);
+        let amqp_publish =
+            cli.amqp_publish_http_triggers || file.amqp_publish_http_triggers.unwrap_or(false);
+        let amqp = match cli.amqp_url.or(file_amqp_url) {
+            Some(url) => Some(AmqpSettings {
+                url,
+                exchange: amqp_exchange.unwrap_or_else(|| DEFAULT_AMQP_EXCHANGE.to_string()),
+                publish_http_triggers: amqp_publish,
+            }),
+            None => {
+                if amqp_exchange.is_some() {
+                    errors.push("amqp_exchange: needs amqp_url".to_string());
+                }
+                if amqp_publish {
+                    errors.push("amqp_publish_http_triggers: needs amqp_url".to_string());
+                }
+                None
+            }
+        };
+        let redis_channel = cli.redis_channel.or(file.redis_channel);
+        let redis = match cli.redis_url.or(file_redis_url) {
+            Some(url) => Some(RedisSettings {
+                url,
+                channel: redis_channel.unwrap_or_else(|| DEFAULT_REDIS_CHANNEL.to_string()),
+            }),
+            None => {
+                if redis_channel.is_some() {
+                    errors.push("redis_channel: needs redis_url".to_string());
+                }
+                None
+            }
+        };
+
         let config = Config {
             listen: cli.listen.or(file_listen).unwrap_or(defaults.listen),
             internal_listen: cli.internal_listen.or(file_internal),
@@ -362,6 +501,8 @@ impl Config {
             demo: cli.demo || file.demo.unwrap_or(defaults.demo),
             demo_allow_public: cli.demo_allow_public
                 || file.demo_allow_public.unwrap_or(defaults.demo_allow_public),
+            amqp,
+            redis,
         };
         errors.extend(config.problems());
         if errors.is_empty() {
@@ -415,6 +556,18 @@ impl Config {
                 if !valid {
                     errors.push(format!("{field}: {path:?} is not a path under api_url"));
                 }
+            }
+        }
+        if let Some(amqp) = &self.amqp {
+            if amqp.exchange.is_empty() || amqp.exchange.len() > MAX_AMQP_NAME {
+                errors.push(format!(
+                    "amqp_exchange: must be 1 to {MAX_AMQP_NAME} bytes long"
+                ));
+            }
+        }
+        if let Some(redis) = &self.redis {
+            if redis.channel.is_empty() {
+                errors.push("redis_channel: must not be empty".to_string());
             }
         }
         errors
@@ -600,6 +753,50 @@ mod tests {
         for field in ["max_connections:", "allowed_origins:", "tls_cert:"] {
             assert!(text.contains(field), "{field} missing in {text}");
         }
+    }
+
+    #[test]
+    fn broker_sources_are_read_with_defaults() {
+        let config = Config::from_toml(
+            r#"
+            amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+            amqp_publish_http_triggers = true
+            redis_url = "redis://127.0.0.1:6379/"
+            "#,
+        )
+        .expect("valid");
+        let amqp = config.amqp.expect("amqp on");
+        assert_eq!(amqp.exchange, DEFAULT_AMQP_EXCHANGE);
+        assert!(amqp.publish_http_triggers);
+        assert_eq!(config.redis.expect("redis on").channel, "hightemplar");
+        let off = Config::from_toml("").expect("valid");
+        assert!(off.amqp.is_none() && off.redis.is_none());
+    }
+
+    #[test]
+    fn broker_errors_name_the_field_and_hide_the_password() {
+        let err = Config::from_toml(
+            r#"
+            amqp_url = "http://user:s3cret@host/"
+            redis_url = "ftp://user:s3cret@host/"
+            redis_channel = ""
+            "#,
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("amqp_url:"), "{text}");
+        assert!(text.contains("redis_url:"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+
+        let err = Config::from_toml("amqp_exchange = \"x\"\nredis_channel = \"y\"")
+            .expect_err("needs urls");
+        let text = err.to_string();
+        assert!(text.contains("amqp_exchange: needs amqp_url"), "{text}");
+        assert!(text.contains("redis_channel: needs redis_url"), "{text}");
+
+        let err = Config::from_toml("amqp_url = \"amqp://127.0.0.1\"\namqp_exchange = \"\"")
+            .expect_err("empty exchange");
+        assert!(err.to_string().contains("amqp_exchange:"), "{err}");
     }
 
     #[test]

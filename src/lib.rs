@@ -8,6 +8,8 @@
 //! - [`connection`] (private): one websocket — bootstrap, then a reader and a writer loop.
 //! - [`outbox`]: a connection's bounded outgoing queue and close signal; the overflow policy.
 //! - [`hub`]: the single owner of rooms and subscriptions; fans triggers out.
+//! - `sources` (private): broker trigger sources (RabbitMQ, Redis pub/sub) behind one small
+//!   `Engine` trait, with the shared reconnect loop.
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
 //!   HTTP backend with forwarded headers and hooks.
 //! - [`stats`]: node-wide counters behind the `status` answer.
@@ -30,6 +32,7 @@ pub mod policy;
 pub mod protocol;
 pub mod room;
 pub mod server;
+mod sources;
 pub mod stats;
 mod tls;
 

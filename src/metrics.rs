@@ -90,6 +90,31 @@ impl Collector for NodeCollector {
                 ("source", "api", &s.triggers_api),
             ],
         )?;
+        for (name, help, source) in [
+            (
+                "amqp_connected",
+                "1 while connected to the AMQP broker (only when configured)",
+                &s.amqp,
+            ),
+            (
+                "redis_connected",
+                "1 while subscribed on Redis (only when configured)",
+                &s.redis,
+            ),
+        ] {
+            if let Some(connected) = source.connected() {
+                gauge(&mut e, name, help, i64::from(connected))?;
+            }
+        }
+        counter(
+            &mut e,
+            "trigger_source_connects",
+            "Broker sessions established, by source (more than 1: it reconnected)",
+            &[
+                ("source", "amqp", &s.amqp.connects),
+                ("source", "redis", &s.redis.connects),
+            ],
+        )?;
         counter(
             &mut e,
             "triggers_invalid",

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +31,9 @@ use crate::connection;
 use crate::demo::{self, DemoBackend};
 use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::{Trigger, TriggerError};
+use crate::sources;
+use crate::sources::amqp::{AmqpEngine, Publisher};
+use crate::sources::redis::RedisEngine;
 use crate::stats::{Stats, TriggerSource};
 
 /// tungstenite's read buffer. Its default (128 KiB) would be allocated per connection; client
@@ -38,6 +42,8 @@ const READ_BUFFER_SIZE: usize = 1024;
 /// Frames are written into this buffer and sent at each flush; a flush is forced when it
 /// fills. 16 KiB holds a burst of ~80 publish frames in one syscall.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;
+/// How long a trigger source gets to close its broker connection on shutdown.
+const SOURCE_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Connections the kernel queues before we accept them. tokio's default (128, as std) overflows
 /// when a few hundred clients connect at once, e.g. reconnecting after a restart: each
@@ -54,8 +60,10 @@ pub(crate) struct Shared {
     pub gate: BackendGate,
     /// Origin check and connection counts.
     pub admission: Arc<Admission>,
-    /// Cancelled on shutdown: every connection closes with 1001.
+    /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
     pub shutdown: CancellationToken,
+    /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
+    pub amqp_publisher: Option<Publisher>,
     next_subscription: AtomicU64,
 }
 
@@ -70,7 +78,7 @@ impl Shared {
     }
 
     /// Fans out a batch of triggers from `source`; returns the subscriptions reached.
-    pub fn publish(&self, triggers: &[Trigger], source: TriggerSource) -> usize {
+    pub(crate) fn publish(&self, triggers: &[Trigger], source: TriggerSource) -> usize {
         triggers
             .iter()
             .map(|trigger| {
@@ -129,6 +137,10 @@ impl Server {
         };
         let stats = Arc::new(Stats::new());
         let policy = &self.config.policy;
+        let amqp_publisher = match &self.config.amqp {
+            Some(amqp) if amqp.publish_http_triggers => Some(Publisher::new(&amqp.exchange)),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             hub: Hub::new(),
             gate: BackendGate::new(
@@ -139,6 +151,7 @@ impl Server {
             stats,
             backend,
             shutdown: CancellationToken::new(),
+            amqp_publisher,
             next_subscription: AtomicU64::new(0),
             config: self.config,
         });
@@ -218,6 +231,7 @@ impl Server {
                 shared.shutdown.clone(),
             )));
         }
+        let sources = start_sources(&shared, local_addr);
         tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
         Ok(Handle {
             local_addr,
@@ -225,8 +239,29 @@ impl Server {
             shared,
             connections,
             servers,
+            sources,
         })
     }
+}
+
+/// Spawns the configured broker sources; they stop on `shared.shutdown`.
+fn start_sources(shared: &Arc<Shared>, local_addr: SocketAddr) -> Vec<JoinHandle<()>> {
+    let mut sources = Vec::new();
+    if let Some(amqp) = &shared.config.amqp {
+        let publisher = shared
+            .amqp_publisher
+            .clone()
+            .unwrap_or_else(|| Publisher::new(&amqp.exchange));
+        // Names this node in the broker's connection list.
+        let name = format!("high-templar {} on {local_addr}", env!("CARGO_PKG_VERSION"));
+        let engine = AmqpEngine::new(amqp.clone(), name, publisher);
+        sources.push(tokio::spawn(sources::run(engine, shared.clone())));
+    }
+    if let Some(redis) = &shared.config.redis {
+        let engine = RedisEngine::new(redis.clone());
+        sources.push(tokio::spawn(sources::run(engine, shared.clone())));
+    }
+    sources
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -267,7 +302,8 @@ pub struct Handle {
     pub internal_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     connections: TaskTracker,
-    servers: Vec<tokio::task::JoinHandle<()>>,
+    servers: Vec<JoinHandle<()>>,
+    sources: Vec<JoinHandle<()>>,
 }
 
 impl Handle {
@@ -300,6 +336,16 @@ impl Handle {
         }
         for server in self.servers {
             server.abort();
+        }
+        // Sources close their broker connections politely; a broker that does not answer
+        // must not hold up the shutdown.
+        for mut source in self.sources {
+            if tokio::time::timeout(SOURCE_STOP_GRACE, &mut source)
+                .await
+                .is_err()
+            {
+                source.abort();
+            }
         }
     }
 }
@@ -378,18 +424,27 @@ async fn trigger_handler(
             );
         }
     }
-    accept_triggers(&state.shared, &body)
+    accept_triggers(&state.shared, &body).await
 }
 
 /// Parses a `/trigger/` body (one trigger or a list) and publishes it: the part shared by the
 /// token-protected route and the demo's open one.
-pub(crate) fn accept_triggers(shared: &Shared, body: &[u8]) -> Response {
+pub(crate) async fn accept_triggers(shared: &Shared, body: &[u8]) -> Response {
     let config = &shared.config;
     match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
-        Ok(triggers) => {
-            let delivered = shared.publish(&triggers, TriggerSource::Http);
-            Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()
-        }
+        Ok(triggers) => match &shared.amqp_publisher {
+            Some(publisher) => match publisher.publish(body).await {
+                Ok(published) => Json(json!({"published": published})).into_response(),
+                Err(problem) => {
+                    tracing::warn!(error = %problem, "could not publish an HTTP trigger to AMQP");
+                    error(StatusCode::SERVICE_UNAVAILABLE, &problem.to_string())
+                }
+            },
+            None => {
+                let delivered = shared.publish(&triggers, TriggerSource::Http);
+                Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()
+            }
+        },
         Err(problem) => {
             Stats::incr(&shared.stats.triggers_invalid);
             tracing::info!(error = %problem, "refused HTTP trigger");
@@ -415,9 +470,17 @@ async fn ready_handler(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Broker links are reported, not required: a node without its broker still serves
+    // websockets and HTTP triggers (null: that source is not configured).
+    let status_json = state.shared.status();
     (
         status,
-        Json(json!({"ready": backend_ok, "backend": backend_ok})),
+        Json(json!({
+            "ready": backend_ok,
+            "backend": backend_ok,
+            "amqp": status_json["amqp_connected"],
+            "redis": status_json["redis_connected"],
+        })),
     )
         .into_response()
 }

@@ -3,7 +3,7 @@
 //! Plain relaxed atomics: every counter is independent, read for reporting only, and bumped on
 //! hot paths where a lock would cost more than the count is worth.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::SystemTime;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -17,6 +17,40 @@ pub enum TriggerSource {
     Redis,
     /// Published from Rust code through [`crate::Handle::publish`].
     Api,
+}
+
+/// The link to one broker (AMQP, Redis): configured or not, and whether it is up now.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    state: AtomicU8,
+    /// Sessions established since start: more than 1 means the link was lost and came back.
+    pub connects: AtomicU64,
+}
+
+/// Values of [`SourceStatus::state`].
+const SOURCE_OFF: u8 = 0;
+const SOURCE_DOWN: u8 = 1;
+const SOURCE_UP: u8 = 2;
+
+impl SourceStatus {
+    /// Marks the source as configured and not (yet) connected.
+    pub fn set_down(&self) {
+        self.state.store(SOURCE_DOWN, Ordering::Relaxed);
+    }
+
+    /// Marks the source as connected and counts the session.
+    pub fn set_up(&self) {
+        self.state.store(SOURCE_UP, Ordering::Relaxed);
+        Stats::incr(&self.connects);
+    }
+
+    /// `None` when the source is not configured, else whether it is connected.
+    pub fn connected(&self) -> Option<bool> {
+        match self.state.load(Ordering::Relaxed) {
+            SOURCE_OFF => None,
+            state => Some(state == SOURCE_UP),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,6 +80,8 @@ pub struct Stats {
     pub reauth_unsubscribed: AtomicU64,
     /// Bootstrap call latency, in seconds.
     pub backend_latency: Histogram,
+    pub amqp: SourceStatus,
+    pub redis: SourceStatus,
 }
 
 impl Default for Stats {
@@ -82,6 +118,8 @@ impl Stats {
             reauth_unsubscribed: AtomicU64::new(0),
             // 1 ms to ~16 s: a healthy Django answers in 5-50 ms; the top buckets show timeouts.
             backend_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            amqp: SourceStatus::default(),
+            redis: SourceStatus::default(),
         }
     }
 
@@ -106,6 +144,15 @@ impl Stats {
         });
     }
 
+    /// The link status of a broker source; `None` for sources without a broker.
+    pub fn source_status(&self, source: TriggerSource) -> Option<&SourceStatus> {
+        match source {
+            TriggerSource::Amqp => Some(&self.amqp),
+            TriggerSource::Redis => Some(&self.redis),
+            TriggerSource::Http | TriggerSource::Api => None,
+        }
+    }
+
     pub fn triggers_received(&self) -> u64 {
         Self::get(&self.triggers_http)
             + Self::get(&self.triggers_amqp)
@@ -115,6 +162,7 @@ impl Stats {
 
     /// The status object. The first keys are the original's; `rabbitmq_messages_received`
     /// counts triggers from every source, as the original's only source was RabbitMQ.
+    /// `amqp_connected`/`redis_connected` are `null` when that source is not configured.
     pub fn status(&self, num_rooms: usize, num_subscriptions: usize) -> Value {
         let online_since = humantime::format_rfc3339_seconds(self.online_since).to_string();
         json!({
@@ -150,6 +198,10 @@ impl Stats {
                 "ping_timeout": Self::get(&self.ping_timeouts),
             },
             "reauth_unsubscribed": Self::get(&self.reauth_unsubscribed),
+            "amqp_connected": self.amqp.connected(),
+            "amqp_connects": Self::get(&self.amqp.connects),
+            "redis_connected": self.redis.connected(),
+            "redis_connects": Self::get(&self.redis.connects),
         })
     }
 }

@@ -92,5 +92,5 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
 
 /// `POST /trigger/` without a token: only reachable in demo mode.
 async fn open_trigger(State(state): State<AppState>, body: Bytes) -> Response {
-    accept_triggers(&state.shared, &body)
+    accept_triggers(&state.shared, &body).await
 }
