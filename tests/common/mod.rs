@@ -2,6 +2,8 @@
 //! a free port, and a real websocket client.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod brokers;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

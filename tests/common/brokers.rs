@@ -1,0 +1,177 @@
+//! The machine's real RabbitMQ and Redis, for the trigger source tests.
+//!
+//! When a broker is unreachable: with `CI=true` the test fails (CI must run them); otherwise it
+//! prints a notice and returns, so a laptop without brokers can still run the rest.
+
+use std::time::Duration;
+
+use high_templar::config::{AmqpSettings, RedisSettings};
+use high_templar::{Config, Handle};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+use super::WAIT;
+
+/// The test broker; override with `HT_TEST_AMQP_URL`.
+pub fn amqp_url() -> String {
+    std::env::var("HT_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// The test Redis; override with `HT_TEST_REDIS_URL`.
+pub fn redis_url() -> String {
+    std::env::var("HT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string())
+}
+
+/// A name no other test uses, for exchanges, channels, rooms.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+fn missing(service: &str, error: &dyn std::fmt::Display) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{service} is not reachable in CI (scripts/ci-brokers.sh starts it): {error}");
+    }
+    eprintln!("NOTICE: {service} not reachable ({error}); test skipped outside CI");
+}
+
+/// A plain AMQP publisher, as a high-templar 3.1 backend is (pika's `basic_publish`).
+pub struct AmqpPublisher {
+    pub connection: Connection,
+    channel: Channel,
+}
+
+impl AmqpPublisher {
+    /// Connects, or returns `None` (outside CI) when RabbitMQ is not there.
+    pub async fn connect() -> Option<AmqpPublisher> {
+        let url = amqp_url();
+        let connect = Connection::connect(&url, ConnectionProperties::default());
+        let connection = match tokio::time::timeout(WAIT, connect).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                missing("RabbitMQ", &error);
+                return None;
+            }
+            Err(_) => {
+                missing("RabbitMQ", &"connect timed out");
+                return None;
+            }
+        };
+        let channel = connection.create_channel().await.expect("channel");
+        Some(AmqpPublisher {
+            connection,
+            channel,
+        })
+    }
+
+    /// Removes a test's exchange (they are not durable, but would stay until a broker restart).
+    pub async fn delete_exchange(&self, exchange: &str) {
+        self.channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await
+            .expect("exchange_delete");
+    }
+
+    /// `basic_publish(exchange, routing_key='*', body)`.
+    pub async fn publish(&self, exchange: &str, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                "*".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("basic_publish")
+            .await
+            .expect("published");
+    }
+}
+
+/// A Redis connection for PUBLISH and admin commands, or `None` (outside CI) when Redis is not
+/// there.
+pub async fn redis_connection() -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    match tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(error)) => {
+            missing("Redis", &error);
+            None
+        }
+        Err(_) => {
+            missing("Redis", &"connect timed out");
+            None
+        }
+    }
+}
+
+/// `config` consuming from `exchange` on the test broker.
+pub fn with_amqp(mut config: Config, exchange: &str) -> Config {
+    config.amqp = Some(AmqpSettings {
+        url: amqp_url(),
+        exchange: exchange.to_string(),
+        publish_http_triggers: false,
+    });
+    config
+}
+
+/// `config` subscribed to `channel` at `url`.
+pub fn with_redis(mut config: Config, url: &str, channel: &str) -> Config {
+    config.redis = Some(RedisSettings {
+        url: url.to_string(),
+        channel: channel.to_string(),
+    });
+    config
+}
+
+/// Waits until the status field `field` (e.g. `amqp_connects`) reaches at least `n`, with the
+/// source connected; returns the status.
+pub async fn wait_for_connects(server: &Handle, source: &str, n: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = server.status();
+        let connects = status[format!("{source}_connects")].as_u64().unwrap_or(0);
+        if connects >= n && status[format!("{source}_connected")] == Value::Bool(true) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{source} did not connect {n} time(s): {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the status counter `field` reaches `n`.
+pub async fn wait_for_count(server: &Handle, field: &str, n: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = server.status();
+        if status[field].as_u64().unwrap_or(0) >= n {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{field} did not reach {n}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a broker admin command (`rabbitmqctl ...`, `redis-cli ...`), asserting it succeeded;
+/// returns its standard output.
+pub fn admin(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
