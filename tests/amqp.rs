@@ -66,6 +66,31 @@ async fn a_trigger_published_like_the_original_reaches_a_subscriber() {
     let status = server.status();
     assert!(status["triggers_received"]["amqp"].as_u64() >= Some(1));
     assert_eq!(status["amqp_connected"], json!(true));
+    let base = format!("http://{}", server.local_addr);
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("high_templar_amqp_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("high_templar_redis_connected"),
+        "{metrics}"
+    );
+    let ready: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (ready["amqp"].clone(), ready["redis"].clone()),
+        (json!(true), Value::Null)
+    );
 
     // The topology 3.1 backends expect: a direct, non-durable exchange, bound with "*".
     let exchanges = admin(
@@ -162,6 +187,18 @@ async fn a_lost_broker_connection_comes_back_without_a_restart() {
         client.recv_json().await,
         json!({"type": "publish", "data": 2, "requestId": "req"})
     );
+
+    // Shutdown closes the broker connection too.
+    let pid = connection_pid(&server);
+    server.shutdown(Duration::from_secs(5)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while admin("rabbitmqctl", &["-q", "list_connections", "pid"]).contains(&pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection {pid} still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     publisher.delete_exchange(&exchange).await;
 }
 
