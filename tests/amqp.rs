@@ -81,6 +81,10 @@ async fn a_trigger_published_like_the_original_reaches_a_subscriber() {
         !metrics.contains("high_templar_redis_connected"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("high_templar_trigger_source_connects_total{source=\"amqp\"} 1"),
+        "{metrics}"
+    );
     let ready: Value = reqwest::get(format!("{base}/readyz"))
         .await
         .expect("readyz")
