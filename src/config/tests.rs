@@ -1,0 +1,222 @@
+//! Unit tests of the configuration: merging, precedence, and one-line errors.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::*;
+
+#[test]
+fn defaults_need_nothing() {
+    let config = Config::from_toml("").expect("valid");
+    assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(config.idle_timeout, Duration::from_secs(300));
+    assert_eq!(config.backend.timeout, Duration::from_secs(10));
+    assert!(config.http_backend().is_none());
+}
+
+#[test]
+fn file_settings_are_read() {
+    let config = Config::from_toml(
+        r#"
+        listen = "0.0.0.0:9000"
+        internal_listen = "127.0.0.1:9001"
+        api_url = "http://127.0.0.1:8000/api/"
+        idle_timeout = "5m"
+        backend_timeout = 2.5
+        on_connect = "user/notify_online/"
+        forward_headers = [
+          { name = "Authorization", from = "query", key = "token", format = "Bearer {}" },
+          { name = "X-Tenant", from = "value", value = "acme" },
+        ]
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(config.idle_timeout, Duration::from_secs(300));
+    assert_eq!(config.backend.timeout, Duration::from_millis(2500));
+    assert_eq!(config.backend.forward_headers.len(), 2);
+    assert_eq!(
+        config.backend.on_connect.as_deref(),
+        Some("user/notify_online/")
+    );
+    assert!(config.http_backend().is_some());
+}
+
+#[test]
+fn flags_override_the_file() {
+    let dir = std::env::temp_dir().join(format!("ht-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:1\"\nidle_timeout = 7\n").expect("write");
+    let cli = Cli::try_parse_from([
+        "high-templar",
+        "--config",
+        path.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:2",
+    ])
+    .expect("cli");
+    let config = Config::load(cli).expect("valid");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:2");
+    assert_eq!(config.idle_timeout, Duration::from_secs(7));
+}
+
+#[test]
+fn every_error_names_its_field() {
+    let err = Config::from_toml(
+        r#"
+        listen = "nowhere"
+        api_url = "http://x/api"
+        idle_timeout = "soon"
+        on_ping = "http://evil/"
+        forward_headers = [{ name = "X", from = "env", key = "A" }]
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    for field in [
+        "listen:",
+        "api_url:",
+        "idle_timeout:",
+        "on_ping:",
+        "forward_headers[0]:",
+    ] {
+        assert!(text.contains(field), "{field} missing in {text}");
+    }
+    assert!(!text.contains('\n'));
+}
+
+#[test]
+fn policy_tables_are_read_and_checked() {
+    let config = Config::from_toml(
+        r#"
+        [limits]
+        max_subscriptions = 3
+        messages_per_second = 2.5
+        [security]
+        allowed_origins = ["https://*.example.com"]
+        ws_ping_interval = "0"
+        reauth_interval = "1m"
+        status_enabled = false
+        "#,
+    )
+    .expect("valid");
+    let p = &config.policy;
+    assert_eq!(p.max_subscriptions, 3);
+    assert_eq!(p.messages_per_second, 2.5);
+    assert_eq!(p.allowed_origins, vec!["https://*.example.com"]);
+    assert_eq!(p.ws_ping_interval, None);
+    assert_eq!(p.reauth_interval, Some(Duration::from_secs(60)));
+    assert!(!p.status_enabled);
+
+    let err = Config::from_toml(
+        r#"
+        [limits]
+        max_connections = 0
+        [security]
+        allowed_origins = ["example.com"]
+        tls_cert = "/x.pem"
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    for field in ["max_connections:", "allowed_origins:", "tls_cert:"] {
+        assert!(text.contains(field), "{field} missing in {text}");
+    }
+}
+
+#[test]
+fn broker_sources_are_read_with_defaults() {
+    let config = Config::from_toml(
+        r#"
+        amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        amqp_publish_http_triggers = true
+        redis_url = "redis://127.0.0.1:6379/"
+        "#,
+    )
+    .expect("valid");
+    let amqp = config.amqp.expect("amqp on");
+    assert_eq!(amqp.exchange, DEFAULT_AMQP_EXCHANGE);
+    assert!(amqp.publish_http_triggers);
+    assert_eq!(config.redis.expect("redis on").channel, "hightemplar");
+    let off = Config::from_toml("").expect("valid");
+    assert!(off.amqp.is_none() && off.redis.is_none());
+}
+
+#[test]
+fn broker_errors_name_the_field_and_hide_the_password() {
+    let err = Config::from_toml(
+        r#"
+        amqp_url = "http://user:s3cret@host/"
+        redis_url = "ftp://user:s3cret@host/"
+        redis_channel = ""
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(text.contains("amqp_url:"), "{text}");
+    assert!(text.contains("redis_url:"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+
+    let err =
+        Config::from_toml("amqp_exchange = \"x\"\nredis_channel = \"y\"").expect_err("needs urls");
+    let text = err.to_string();
+    assert!(text.contains("amqp_exchange: needs amqp_url"), "{text}");
+    assert!(text.contains("redis_channel: needs redis_url"), "{text}");
+
+    let err = Config::from_toml("amqp_url = \"amqp://127.0.0.1\"\namqp_exchange = \"\"")
+        .expect_err("empty exchange");
+    assert!(err.to_string().contains("amqp_exchange:"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let err = Config::from_toml("lisen = \"127.0.0.1:1\"").expect_err("typo");
+    assert!(err.to_string().contains("lisen"), "{err}");
+}
+
+#[test]
+fn demo_is_read_from_file_flag_and_environment_style_values() {
+    let config = Config::from_toml("demo = true").expect("valid");
+    assert!(config.demo && !config.demo_allow_public);
+    let cli = Cli::try_parse_from(["high-templar", "--demo"]).expect("cli");
+    assert!(Config::load(cli).expect("valid").demo);
+}
+
+#[test]
+fn demo_stays_on_loopback_unless_forced() {
+    let err = Config::from_toml("demo = true\nlisten = \"0.0.0.0:8080\"").expect_err("public");
+    assert!(
+        err.to_string().contains("listen: demo mode refuses"),
+        "{err}"
+    );
+    let config =
+        Config::from_toml("demo = true\ndemo_allow_public = true\nlisten = \"0.0.0.0:8080\"")
+            .expect("forced");
+    assert!(config.demo_allow_public);
+    assert!(Config::from_toml("demo = true\nlisten = \"[::1]:8080\"").is_ok());
+}
+
+#[test]
+fn demo_refuses_a_configured_backend() {
+    let err = Config::from_toml("demo = true\napi_url = \"http://127.0.0.1:8000/api/\"")
+        .expect_err("two backends");
+    assert!(err.to_string().contains("api_url: demo mode"), "{err}");
+}
+
+#[test]
+fn durations_accept_seconds_and_units() {
+    assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert!(parse_duration("-1").is_err());
+    assert!(parse_duration("later").is_err());
+}
+
+/// The annotated example in the repository must stay a valid configuration.
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../high-templar.example.toml");
+    let config = Config::from_toml(text).expect("example config parses");
+    assert!(config.http_backend().is_some());
+}
