@@ -9,25 +9,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use axum::{Json, Router};
-use bytes::Bytes;
-use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
+use axum::Router;
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod http;
+mod websocket;
+
+pub(crate) use http::accept_triggers;
+use http::{metrics_handler, ready_handler, status_handler, trigger_handler};
+use websocket::ws_handler;
+
 use crate::admission::Admission;
-use crate::backend::{Backend, BackendGate, ConnectRequest, HttpBackend};
+use crate::backend::{Backend, BackendGate, HttpBackend};
 use crate::config::Config;
-use crate::connection;
 use crate::demo::{self, DemoBackend};
 use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::{Trigger, TriggerError};
@@ -36,12 +37,6 @@ use crate::sources::amqp::{AmqpEngine, Publisher};
 use crate::sources::redis::RedisEngine;
 use crate::stats::{Stats, TriggerSource};
 
-/// tungstenite's read buffer. Its default (128 KiB) would be allocated per connection; client
-/// frames are small, and a larger frame is still read, in several reads.
-const READ_BUFFER_SIZE: usize = 1024;
-/// Frames are written into this buffer and sent at each flush; a flush is forced when it
-/// fills. 16 KiB holds a burst of ~80 publish frames in one syscall.
-const WRITE_BUFFER_SIZE: usize = 16 * 1024;
 /// How long a trigger source gets to close its broker connection on shutdown.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -355,152 +350,4 @@ impl Handle {
 pub(crate) struct AppState {
     pub shared: Arc<Shared>,
     connections: TaskTracker,
-}
-
-async fn ws_handler(
-    upgrade: WebSocketUpgrade,
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    let ticket = match state.shared.admission.admit(&headers, peer) {
-        Ok(ticket) => ticket,
-        Err(refusal) => {
-            tracing::info!(%peer, reason = refusal.message(), "websocket refused before upgrade");
-            return error(refusal.status(), refusal.message());
-        }
-    };
-    let request = ConnectRequest {
-        id: uuid::Uuid::new_v4().to_string().into(),
-        headers: owned_headers(&headers),
-        query: uri.query().map(str::to_string),
-        peer,
-    };
-    let max = state.shared.config.max_message_size;
-    let token = state.connections.token();
-    upgrade
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            connection::run(socket, request, state.shared).await;
-            drop((ticket, token));
-        })
-}
-
-/// A copy of `headers` that owns its bytes. hyper's header values are slices of the
-/// connection's read buffer (8-16 KiB); keeping the originals for the life of the websocket
-/// (hooks need them) would keep that whole buffer alive per connection. Measured with
-/// `ht-bench connect`: 22.5 KiB -> 6.4 KiB of server RSS per idle connection.
-fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut owned = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let (Ok(name), Ok(mut copy)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) else {
-            continue;
-        };
-        copy.set_sensitive(value.is_sensitive());
-        owned.append(name, copy);
-    }
-    owned
-}
-
-async fn trigger_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(token) = &state.shared.config.trigger_token {
-        if !bearer_matches(&headers, token) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong trigger token (Authorization: Bearer <token>)",
-            );
-        }
-    }
-    accept_triggers(&state.shared, &body).await
-}
-
-/// Parses a `/trigger/` body (one trigger or a list) and publishes it: the part shared by the
-/// token-protected route and the demo's open one.
-pub(crate) async fn accept_triggers(shared: &Shared, body: &[u8]) -> Response {
-    let config = &shared.config;
-    match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
-        Ok(triggers) => match &shared.amqp_publisher {
-            Some(publisher) => match publisher.publish(body).await {
-                Ok(published) => Json(json!({"published": published})).into_response(),
-                Err(problem) => {
-                    tracing::warn!(error = %problem, "could not publish an HTTP trigger to AMQP");
-                    error(StatusCode::SERVICE_UNAVAILABLE, &problem.to_string())
-                }
-            },
-            None => {
-                let delivered = shared.publish(&triggers, TriggerSource::Http);
-                Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()
-            }
-        },
-        Err(problem) => {
-            Stats::incr(&shared.stats.triggers_invalid);
-            tracing::info!(error = %problem, "refused HTTP trigger");
-            error(StatusCode::BAD_REQUEST, &problem.to_string())
-        }
-    }
-}
-
-async fn metrics_handler(State(state): State<AppState>) -> Response {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    (
-        [(axum::http::header::CONTENT_TYPE, content_type)],
-        crate::metrics::render(&state.shared),
-    )
-        .into_response()
-}
-
-/// Ready when the backend is not failing (its circuit breaker is closed).
-async fn ready_handler(State(state): State<AppState>) -> Response {
-    let backend_ok = state.shared.gate.is_closed();
-    let status = if backend_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    // Broker links are reported, not required: a node without its broker still serves
-    // websockets and HTTP triggers (null: that source is not configured).
-    let status_json = state.shared.status();
-    (
-        status,
-        Json(json!({
-            "ready": backend_ok,
-            "backend": backend_ok,
-            "amqp": status_json["amqp_connected"],
-            "redis": status_json["redis_connected"],
-        })),
-    )
-        .into_response()
-}
-
-async fn status_handler(State(state): State<AppState>) -> Json<Value> {
-    Json(state.shared.status())
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message}))).into_response()
-}
-
-/// Constant-time comparison, so response timing does not reveal how much of a guess matched.
-fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    given.as_bytes().ct_eq(token.as_bytes()).into()
 }
