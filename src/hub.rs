@@ -318,7 +318,7 @@ mod tests {
         }
         fn received(&mut self) -> Vec<String> {
             let mut out = Vec::new();
-            while let Ok(axum::extract::ws::Message::Text(t)) = self.rx.rx.try_recv() {
+            while let Some(axum::extract::ws::Message::Text(t)) = self.rx.try_recv() {
                 let v: Value = serde_json::from_str(&t).expect("json");
                 out.push(v["requestId"].as_str().expect("rid").to_string());
             }

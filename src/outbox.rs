@@ -4,10 +4,11 @@
 //! never waits on a socket. A full queue means the client cannot keep up: it is disconnected
 //! (close 1013, "try again later") and counted, rather than buffered without bound.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use axum::extract::ws::Message;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::stats::Stats;
@@ -36,11 +37,44 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+/// A queue that has drained keeps no buffer: most connections are idle most of the time, and
+/// tens of thousands of empty per-connection buffers would dominate their memory (tokio's
+/// `mpsc` allocated a block of 32 slots, ~1.5 KiB, per channel up front).
 struct Inner {
-    tx: mpsc::Sender<Message>,
+    queue: Mutex<VecDeque<Message>>,
+    capacity: usize,
+    /// Wakes the writer when the queue goes from empty to non-empty.
+    ready: Notify,
+    /// Wakes a waiting [`Outbox::reply`] when the writer takes a frame from a full queue.
+    space: Notify,
     closing: CancellationToken,
     reason: OnceLock<CloseReason>,
     stats: Arc<Stats>,
+}
+
+impl Inner {
+    /// Appends `message` unless the queue is full; returns it back when full.
+    fn push(&self, message: Message) -> Result<(), Message> {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= self.capacity {
+            return Err(message);
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(message);
+        drop(queue);
+        // Only the first frame wakes the writer: it drains everything queued before it sleeps
+        // again, so later frames need no wakeup of their own.
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The queue's mutex is never held across a panic-prone call, but a poisoned lock would only
+/// mean a panicked holder; the queue itself is still consistent.
+fn lock(queue: &Mutex<VecDeque<Message>>) -> MutexGuard<'_, VecDeque<Message>> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Cheap to clone; every clone feeds the same connection.
@@ -51,36 +85,71 @@ pub struct Outbox {
 
 /// The connection's writer end of the queue.
 pub struct OutboxReceiver {
-    pub rx: mpsc::Receiver<Message>,
+    inner: Arc<Inner>,
+}
+
+impl OutboxReceiver {
+    /// Takes the oldest queued frame, if any. The drained queue gives its buffer back.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        let inner = &*self.inner;
+        let mut queue = lock(&inner.queue);
+        let was_full = queue.len() >= inner.capacity;
+        let message = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > 0 {
+            // After a burst the buffer can hold `capacity` frames' worth of slots.
+            *queue = VecDeque::new();
+        }
+        drop(queue);
+        if was_full {
+            inner.space.notify_one();
+        }
+        message
+    }
+
+    /// Waits for the next frame. Never ends by itself: the writer stops on the close signal.
+    pub async fn recv(&mut self) -> Message {
+        loop {
+            if let Some(message) = self.try_recv() {
+                return message;
+            }
+            // A push after the check above stores a permit, so this cannot miss it.
+            self.inner.ready.notified().await;
+        }
+    }
 }
 
 impl Outbox {
     /// A queue holding up to `capacity` frames.
     pub fn new(capacity: usize, stats: Arc<Stats>) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let inner = Inner {
-            tx,
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            space: Notify::new(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
             stats,
-        };
+        });
         (
             Outbox {
-                inner: Arc::new(inner),
+                inner: inner.clone(),
             },
-            OutboxReceiver { rx },
+            OutboxReceiver { inner },
         )
     }
 
     /// Queues a publish frame without waiting. Returns whether it was queued; a full queue
     /// disconnects the client as too slow.
     pub fn try_publish(&self, frame: String) -> bool {
-        match self.inner.tx.try_send(Message::Text(frame.into())) {
+        if self.is_closing() {
+            return false;
+        }
+        match self.inner.push(Message::Text(frame.into())) {
             Ok(()) => {
                 Stats::incr(&self.inner.stats.ws_messages_send_queued);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(_) => {
                 Stats::incr(&self.inner.stats.ws_messages_send_error);
                 if self.close(SLOW_CLIENT) {
                     Stats::incr(&self.inner.stats.slow_client_disconnects);
@@ -88,23 +157,32 @@ impl Outbox {
                 }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
     /// Queues a control frame (a websocket ping) if there is room; dropping it when the queue
     /// is full is harmless, as a full queue already means the client is being dealt with.
     pub fn try_control(&self, message: Message) {
-        let _ = self.inner.tx.try_send(message);
+        let _ = self.inner.push(message);
     }
 
     /// Queues an answer to the client's own request, waiting for room: the client that sent
     /// the request is the one slowed down. Returns false once the connection is gone.
     pub async fn reply(&self, text: impl Into<String>) -> bool {
-        let message = Message::Text(text.into().into());
-        tokio::select! {
-            sent = self.inner.tx.send(message) => sent.is_ok(),
-            () = self.inner.closing.cancelled() => false,
+        let mut message = Message::Text(text.into().into());
+        loop {
+            if self.is_closing() {
+                return false;
+            }
+            match self.inner.push(message) {
+                Ok(()) => return true,
+                Err(back) => message = back,
+            }
+            // A frame taken after the push above stores a permit, so this cannot miss it.
+            tokio::select! {
+                () = self.inner.space.notified() => {}
+                () = self.inner.closing.cancelled() => return false,
+            }
         }
     }
 

@@ -3,12 +3,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{spawn_hook, Hook, CLIENT_CLOSED};
 use crate::backend::{Bootstrap, ConnectRequest};
@@ -41,18 +42,9 @@ impl Reader<'_> {
         let idle_timeout = self.shared.config.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
-        // A disabled timer is one that never fires: far beyond any connection's life.
-        let far = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + policy.ws_ping_interval.unwrap_or(far),
-            policy.ws_ping_interval.unwrap_or(far),
-        );
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut reauth = tokio::time::interval_at(
-            Instant::now() + policy.reauth_interval.unwrap_or(far),
-            policy.reauth_interval.unwrap_or(far),
-        );
-        reauth.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A disabled timer does not exist: no timer entry, no bytes in this future.
+        let mut ping = policy.ws_ping_interval.map(every);
+        let mut reauth = policy.reauth_interval.map(every);
         let mut heard_since_ping = true;
         let outbox = self.outbox.clone();
         loop {
@@ -67,7 +59,7 @@ impl Reader<'_> {
                     outbox.close(CloseReason { code: close_code::NORMAL, reason: "idle-timeout" });
                     return;
                 }
-                _ = ping.tick() => {
+                () = tick(&mut ping) => {
                     if !heard_since_ping {
                         Stats::incr(&self.shared.stats.ping_timeouts);
                         outbox.close(CloseReason { code: close_code::GOING_AWAY, reason: "ping-timeout" });
@@ -76,8 +68,10 @@ impl Reader<'_> {
                     heard_since_ping = false;
                     outbox.try_control(Message::Ping(Default::default()));
                 }
-                _ = reauth.tick() => {
-                    if let Flow::Stop = self.reauthorize().await {
+                () = tick(&mut reauth) => {
+                    // Boxed: re-authorisation is rare and its future (a backend call) is large;
+                    // inline, it would sit in every idle connection's task.
+                    if let Flow::Stop = Box::pin(self.reauthorize()).await {
                         return;
                     }
                 }
@@ -249,6 +243,24 @@ impl Reader<'_> {
             }
         }
         Flow::Continue
+    }
+}
+
+/// A timer that first fires one `period` from now, then every `period`, late ticks delayed
+/// rather than bunched.
+fn every(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+/// The next tick of an enabled timer; never, for a disabled one.
+async fn tick(timer: &mut Option<Interval>) {
+    match timer {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -25,8 +25,7 @@ pub(super) async fn write_loop(
         tokio::select! {
             biased;
             () = outbox.closing() => break,
-            first = receiver.rx.recv() => {
-                let Some(first) = first else { break };
+            first = receiver.recv() => {
                 // A dead peer can stall a write forever: a close request interrupts it.
                 let written = tokio::select! {
                     biased;
@@ -56,7 +55,7 @@ pub(super) async fn write_loop(
                 // Frames queued before the close (a last answer, say) go out first, except a
                 // slow client's backlog, which is what got it closed.
                 if reason != SLOW_CLIENT {
-                    while let Ok(message) = receiver.rx.try_recv() {
+                    while let Some(message) = receiver.try_recv() {
                         if sink.feed(message).await.is_err() {
                             return;
                         }
@@ -78,12 +77,12 @@ async fn write_batch(
     sink.feed(first).await?;
     let mut written = 1;
     while written < MAX_FRAMES_PER_FLUSH {
-        match receiver.rx.try_recv() {
-            Ok(message) => {
+        match receiver.try_recv() {
+            Some(message) => {
                 sink.feed(message).await?;
                 written += 1;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     sink.flush().await?;
