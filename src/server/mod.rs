@@ -74,13 +74,15 @@ impl Shared {
 
     /// Fans out a batch of triggers from `source`; returns the subscriptions reached.
     pub(crate) fn publish(&self, triggers: &[Trigger], source: TriggerSource) -> usize {
-        triggers
+        let queued = triggers
             .iter()
             .map(|trigger| {
                 self.stats.trigger_received(source);
                 self.hub.publish(trigger)
             })
-            .sum()
+            .sum();
+        Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
+        queued
     }
 }
 
