@@ -14,31 +14,12 @@ use serde_json::{json, Value};
 /// How long a test waits to be sure a second copy of a trigger does not come.
 const NO_DUPLICATE_WITHIN: Duration = Duration::from_millis(300);
 
-fn allowed() -> Value {
-    json!([{"target": "message", "customer": "*"}])
-}
-
 /// A server subscribed to `channel` at `url`, its backend allowing [`allowed`] rooms.
 async fn node(url: &str, channel: &str) -> (TestBackend, Handle) {
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": allowed()}))).await;
     let server = start(with_redis(config_for(&backend), url, channel)).await;
     wait_for_connects(&server, "redis", 1).await;
     (backend, server)
-}
-
-async fn subscriber(server: &Handle, customer: &str, request_id: &str) -> Client {
-    let mut client = Client::authorized(server.local_addr).await;
-    client
-        .subscribe(
-            json!({"target": "message", "customer": customer}),
-            request_id,
-        )
-        .await;
-    client
-}
-
-fn trigger_for(customer: &str, data: Value) -> String {
-    trigger(json!([{"target": "message", "customer": customer}]), data)
 }
 
 /// `PUBLISH channel body`; returns how many subscribers Redis delivered it to.

@@ -9,9 +9,9 @@ use high_templar::config::{AmqpSettings, RedisSettings};
 use high_templar::{Config, Handle};
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::WAIT;
+use super::{trigger, Client, WAIT};
 
 /// The test broker; override with `HT_TEST_AMQP_URL`.
 pub fn amqp_url() -> String {
@@ -174,4 +174,26 @@ pub fn admin(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The rooms the broker tests' backends allow: every customer's messages.
+pub fn allowed() -> Value {
+    json!([{"target": "message", "customer": "*"}])
+}
+
+/// A client of `server` subscribed to customer `customer`'s messages as `request_id`.
+pub async fn subscriber(server: &Handle, customer: &str, request_id: &str) -> Client {
+    let mut client = Client::authorized(server.local_addr).await;
+    client
+        .subscribe(
+            json!({"target": "message", "customer": customer}),
+            request_id,
+        )
+        .await;
+    client
+}
+
+/// A trigger body for customer `customer`'s messages.
+pub fn trigger_for(customer: &str, data: Value) -> String {
+    trigger(json!([{"target": "message", "customer": customer}]), data)
 }
