@@ -246,7 +246,7 @@ impl Hub {
             for subscriber in entry.subscribers.values() {
                 if subscriber
                     .outbox
-                    .try_publish(trigger.frame_for(&subscriber.request_id_json))
+                    .try_publish(&trigger.frame_prefix, &subscriber.request_id_json)
                 {
                     delivered += 1;
                 }
@@ -301,12 +301,11 @@ mod tests {
 
     struct Client {
         outbox: Outbox,
-        rx: crate::outbox::OutboxReceiver,
     }
 
     fn client() -> Client {
-        let (outbox, rx) = Outbox::new(16, Arc::new(Stats::new()));
-        Client { outbox, rx }
+        let outbox = Outbox::new(16, Arc::new(Stats::new()));
+        Client { outbox }
     }
 
     impl Client {
@@ -317,9 +316,11 @@ mod tests {
             }
         }
         fn received(&mut self) -> Vec<String> {
+            let mut bytes = Vec::new();
+            self.outbox.take(&mut bytes);
             let mut out = Vec::new();
-            while let Some(axum::extract::ws::Message::Text(t)) = self.rx.try_recv() {
-                let v: Value = serde_json::from_str(&t).expect("json");
+            for (_, payload) in crate::ws::server_frames(&bytes) {
+                let v: Value = serde_json::from_slice(&payload).expect("json");
                 out.push(v["requestId"].as_str().expect("rid").to_string());
             }
             out.sort();

@@ -34,7 +34,9 @@ pub mod room;
 pub mod server;
 mod sources;
 pub mod stats;
+mod sweeper;
 mod tls;
+mod ws;
 
 pub use backend::{Backend, BackendError, Bootstrap, ConnectRequest, HttpBackend};
 pub use config::Config;

@@ -1,35 +1,38 @@
 //! One websocket connection, from the bootstrap call to the last close frame.
 //!
-//! A connection is one task running two loops side by side (`tokio::join!`, no extra task):
-//! - the **reader** ([`reader`]) parses client frames, answers them through the outbox, owns
-//!   this connection's subscriptions (`requestId` → room), and runs the idle timeout, the
-//!   websocket pings and the optional re-authorisation;
-//! - the **writer** ([`writer`]) drains the outbox into the socket, coalescing whatever is
-//!   queued into one flush, and sends the close frame when the connection is asked to close.
+//! A connection is one task and one loop: it writes what the outbox holds, then reads and
+//! handles what the client sent, until something asks it to close. The parts:
+//! - [`socket`]: the websocket over the upgraded connection — frames in, bytes out, the
+//!   closing handshake;
+//! - [`session`]: what the client's messages do — answers, subscriptions, re-authorisation.
 //!
-//! Anything may ask to close (the hub for a slow client, the reader for an idle, oversized or
-//! flooding client, the server on shutdown) through [`Outbox::close`]; both loops then wind
-//! down.
+//! Anything may ask to close (the hub for a slow client, the session for a flood, the sweeper
+//! for an idle or half-open client or on shutdown) through [`Outbox::close`], which wakes the
+//! task. While the socket cannot take more output, the client is not read: a client that
+//! sends requests without reading the answers slows only itself.
 
-mod reader;
-mod writer;
+mod session;
+mod socket;
 
-use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::StreamExt;
 use tracing::Instrument;
 
 use crate::backend::{Bootstrap, ConnectRequest};
-use crate::outbox::{close_code, CloseReason, Outbox};
+use crate::outbox::{close_code, CloseReason, Outbox, SLOW_CLIENT};
 use crate::protocol::{self, answer};
 use crate::room::AllowedRooms;
 use crate::server::Shared;
 use crate::stats::Stats;
-use reader::{Reader, TokenBucket};
+use crate::sweeper::SERVER_SHUTDOWN;
+use session::Session;
+use socket::{Incoming, ReadEnd, Socket};
+
+pub(crate) use socket::Io;
 
 /// How long we wait for the client's close frame after sending ours, before dropping the
 /// socket. Closing with unread input would reset the TCP connection and could destroy the
@@ -46,20 +49,25 @@ const BACKEND_UNAVAILABLE: CloseReason = CloseReason {
     reason: "backend-unavailable",
 };
 
+const NOT_AUTHORIZED: CloseReason = CloseReason {
+    code: close_code::NORMAL,
+    reason: "not-authorized",
+};
+
 /// Runs a connection to its end.
-pub(crate) async fn run(socket: WebSocket, request: ConnectRequest, shared: Arc<Shared>) {
+pub(crate) async fn run(io: Io, request: ConnectRequest, shared: Arc<Shared>) {
     let span = tracing::info_span!("conn", id = %request.id, peer = %request.peer);
-    run_inner(socket, Arc::new(request), shared)
+    run_inner(io, Arc::new(request), shared)
         .instrument(span)
         .await;
 }
 
-async fn run_inner(mut socket: WebSocket, request: Arc<ConnectRequest>, shared: Arc<Shared>) {
+async fn run_inner(io: Io, request: Arc<ConnectRequest>, shared: Arc<Shared>) {
     let stats = &shared.stats;
-    let bootstrap = shared
-        .gate
-        .bootstrap(&*shared.backend, &request, stats)
-        .await;
+    let mut socket = Socket::new(io, shared.config.max_message_size);
+    // Boxed: the backend call's future is large and only lives during the bootstrap; inline,
+    // its size would be reserved in every connection's task for the connection's life.
+    let bootstrap = Box::pin(shared.gate.bootstrap(&*shared.backend, &request, stats)).await;
     let allowed = match bootstrap {
         Ok(Bootstrap::Authorized { allowed_rooms }) => AllowedRooms::from_backend(allowed_rooms),
         Ok(Bootstrap::Refused) => None,
@@ -69,6 +77,7 @@ async fn run_inner(mut socket: WebSocket, request: Arc<ConnectRequest>, shared: 
             let counter = &stats.refused_backend_unavailable;
             return refuse(
                 socket,
+                stats,
                 counter,
                 answer::BACKEND_UNAVAILABLE,
                 BACKEND_UNAVAILABLE,
@@ -78,57 +87,59 @@ async fn run_inner(mut socket: WebSocket, request: Arc<ConnectRequest>, shared: 
     };
     let Some(allowed) = allowed else {
         tracing::info!("backend refused the connection");
-        let reason = CloseReason {
-            code: close_code::NORMAL,
-            reason: "not-authorized",
-        };
+        let counter = &stats.refused_unauthorized;
         return refuse(
             socket,
-            &stats.refused_unauthorized,
+            stats,
+            counter,
             answer::NOT_AUTHORIZED,
-            reason,
+            NOT_AUTHORIZED,
         )
         .await;
     };
-    if socket
-        .send(Message::Text(protocol::authorized(&allowed.raw).into()))
-        .await
-        .is_err()
-    {
-        return;
-    }
+    socket.queue_text(&protocol::authorized(&allowed.raw));
 
+    let outbox = Outbox::new(shared.config.outgoing_queue, stats.clone());
+    let Some(registration) = shared.registry.register(&outbox) else {
+        // The node began shutting down during the bootstrap.
+        return socket
+            .finish(None, Some(SERVER_SHUTDOWN), stats, CLOSE_GRACE)
+            .await;
+    };
     stats.open_connections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(allowed_rooms = allowed.raw.len(), "connection opened");
     spawn_hook(&shared, &request, Hook::Connect);
 
-    let (outbox, receiver) = Outbox::new(shared.config.outgoing_queue, stats.clone());
-    let (sink, mut stream) = socket.split();
-    let policy = &shared.config.policy;
-    let mut reader = Reader {
-        shared: &shared,
-        request: &request,
-        outbox: outbox.clone(),
-        allowed,
-        subscriptions: HashMap::new(),
-        rate: TokenBucket::new(policy.messages_per_second, policy.message_burst),
+    let mut session = Session::new(shared.clone(), request.clone(), outbox.clone(), allowed);
+    let end = serve(&mut socket, &mut session, stats).await;
+    session.unsubscribe_all();
+    drop(registration);
+    let reason = match end {
+        ReadEnd::Closing => {
+            let reason = outbox.close_reason().unwrap_or(CLIENT_CLOSED);
+            if reason == SLOW_CLIENT {
+                // The backlog is what got it closed: it is not sent.
+                outbox.discard();
+            }
+            if reason.code == close_code::TOO_BIG {
+                Stats::incr(&stats.frames_too_big);
+            }
+            socket
+                .finish(Some(&outbox), Some(reason), stats, CLOSE_GRACE)
+                .await;
+            reason
+        }
+        ReadEnd::ClientClosed(code) => {
+            outbox.close(CLIENT_CLOSED);
+            socket.answer_close(code, stats, CLOSE_GRACE).await;
+            CLIENT_CLOSED
+        }
+        ReadEnd::Gone => {
+            outbox.close(CLIENT_CLOSED);
+            CLIENT_CLOSED
+        }
     };
-    tokio::join!(
-        async {
-            reader.read_loop(&mut stream).await;
-            // The client may still be sending; reading it until its close frame keeps the
-            // TCP connection from being reset while our close frame is in flight.
-            let _ = tokio::time::timeout(CLOSE_GRACE, drain(&mut stream)).await;
-        },
-        writer::write_loop(sink, receiver, outbox.clone(), stats.clone()),
-    );
-
-    let subscriptions = std::mem::take(&mut reader.subscriptions);
-    shared
-        .hub
-        .unsubscribe_all(subscriptions.values().map(|(id, room)| (room, *id)));
     stats.open_connections.fetch_sub(1, Ordering::Relaxed);
-    let reason = outbox.close_reason().unwrap_or(CLIENT_CLOSED);
     tracing::info!(
         code = reason.code,
         reason = reason.reason,
@@ -137,32 +148,52 @@ async fn run_inner(mut socket: WebSocket, request: Arc<ConnectRequest>, shared: 
     spawn_hook(&shared, &request, Hook::Disconnect);
 }
 
+/// The connection's loop: output first, then input, until one of them ends it.
+async fn serve(socket: &mut Socket, session: &mut Session, stats: &Stats) -> ReadEnd {
+    let outbox = session.outbox.clone();
+    poll_fn(|cx| {
+        outbox.register(cx);
+        loop {
+            if outbox.is_closing() {
+                return Poll::Ready(ReadEnd::Closing);
+            }
+            if session.poll_reauth(cx).is_ready() {
+                continue;
+            }
+            match socket.poll_write_out(cx, Some(&outbox), stats) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => {
+                    Stats::incr(&stats.ws_messages_send_error);
+                    tracing::debug!(%error, "websocket write failed");
+                    return Poll::Ready(ReadEnd::Gone);
+                }
+                // A full socket: the client is not read until it takes our output.
+                Poll::Pending => return Poll::Pending,
+            }
+            let read = socket.poll_read(cx, &outbox, &mut |message| match message {
+                Incoming::Text(text) => session.on_text(text),
+            });
+            match read {
+                Poll::Ready(Some(end)) => return Poll::Ready(end),
+                Poll::Ready(None) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
 /// Sends the refusal answer, then a close frame, and waits briefly for the client's close.
 async fn refuse(
-    mut socket: WebSocket,
+    mut socket: Socket,
+    stats: &Stats,
     counter: &AtomicU64,
     text: &'static str,
     reason: CloseReason,
 ) {
     Stats::incr(counter);
-    let _ = socket.send(Message::Text(text.into())).await;
-    let _ = socket.send(close_message(reason)).await;
-    let _ = tokio::time::timeout(CLOSE_GRACE, drain(&mut socket)).await;
-}
-
-fn close_message(reason: CloseReason) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: reason.code,
-        reason: reason.reason.into(),
-    }))
-}
-
-/// Reads and discards until the stream ends or errs.
-async fn drain<S>(stream: &mut S)
-where
-    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
-{
-    while let Some(Ok(_)) = stream.next().await {}
+    socket.queue_text(text);
+    socket.finish(None, Some(reason), stats, CLOSE_GRACE).await;
 }
 
 #[derive(Clone, Copy)]

@@ -36,6 +36,7 @@ use crate::sources;
 use crate::sources::amqp::{AmqpEngine, Publisher};
 use crate::sources::redis::RedisEngine;
 use crate::stats::{Stats, TriggerSource};
+use crate::sweeper::{Registry, Timers};
 
 /// How long a trigger source gets to close its broker connection on shutdown.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
     pub amqp_publisher: Option<Publisher>,
+    /// Every open connection, with the node-wide timer that keeps their deadlines.
+    pub registry: Registry,
     next_subscription: AtomicU64,
 }
 
@@ -149,8 +152,18 @@ impl Server {
             backend,
             shutdown: CancellationToken::new(),
             amqp_publisher,
+            registry: Registry::new(Timers {
+                idle_timeout: self.config.idle_timeout,
+                ping_interval: policy.ws_ping_interval,
+                reauth_interval: policy.reauth_interval,
+            }),
             next_subscription: AtomicU64::new(0),
             config: self.config,
+        });
+        let sweeper = shared.clone();
+        tokio::spawn(async move {
+            let shutdown = sweeper.shutdown.clone();
+            sweeper.registry.run(&sweeper.stats, shutdown).await;
         });
         let connections = TaskTracker::new();
         let config = &shared.config;

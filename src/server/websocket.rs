@@ -2,55 +2,130 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use super::http::error;
 use super::AppState;
 use crate::backend::ConnectRequest;
 use crate::connection;
+use crate::ws;
 
-/// tungstenite's read buffer. Its default (128 KiB) would be allocated per connection; client
-/// frames are small, and a larger frame is still read, in several reads.
-const READ_BUFFER_SIZE: usize = 1024;
-/// Frames are written into this buffer and sent at each flush; a flush is forced when it
-/// fills. 16 KiB holds a burst of ~80 publish frames in one syscall.
-const WRITE_BUFFER_SIZE: usize = 16 * 1024;
 pub(super) async fn ws_handler(
-    upgrade: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    uri: Uri,
+    mut request: Request,
 ) -> Response {
-    let ticket = match state.shared.admission.admit(&headers, peer) {
+    let headers = request.headers();
+    let key = match handshake_key(request.method(), headers) {
+        Ok(key) => key,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let ticket = match state.shared.admission.admit(headers, peer) {
         Ok(ticket) => ticket,
         Err(refusal) => {
             tracing::info!(%peer, reason = refusal.message(), "websocket refused before upgrade");
             return error(refusal.status(), refusal.message());
         }
     };
-    let request = ConnectRequest {
+    let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "the connection cannot be upgraded",
+        );
+    };
+    let connect = ConnectRequest {
         id: uuid::Uuid::new_v4().to_string().into(),
-        headers: owned_headers(&headers),
-        query: uri.query().map(str::to_string),
+        headers: owned_headers(request.headers()),
+        query: request.uri().query().map(str::to_string),
         peer,
     };
-    let max = state.shared.config.max_message_size;
     let token = state.connections.token();
-    upgrade
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            connection::run(socket, request, state.shared).await;
-            drop((ticket, token));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => connection::run(TokioIo::new(upgraded), connect, state.shared).await,
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+        drop((ticket, token));
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::SEC_WEBSOCKET_ACCEPT, key),
+        ],
+    )
+        .into_response()
+}
+
+/// Why a request to `/ws/` is not a websocket handshake we accept.
+enum BadHandshake {
+    NotAnUpgrade,
+    Version,
+    Key,
+}
+
+impl BadHandshake {
+    fn into_response(self) -> Response {
+        let (status, message, extra) = match self {
+            BadHandshake::NotAnUpgrade => (
+                StatusCode::UPGRADE_REQUIRED,
+                "expected a websocket upgrade",
+                Some((header::UPGRADE, "websocket")),
+            ),
+            BadHandshake::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported websocket version",
+                Some((header::SEC_WEBSOCKET_VERSION, "13")),
+            ),
+            BadHandshake::Key => (
+                StatusCode::BAD_REQUEST,
+                "missing or bad Sec-WebSocket-Key",
+                None,
+            ),
+        };
+        let mut response = error(status, message);
+        if let Some((name, value)) = extra {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        response
+    }
+}
+
+/// Checks that the request asks for a websocket (RFC 6455 section 4.2.1); the accept key to
+/// answer with.
+fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, BadHandshake> {
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
         })
+    };
+    if method != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+    {
+        return Err(BadHandshake::NotAnUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(BadHandshake::Version);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(BadHandshake::Key)?;
+    HeaderValue::from_str(&ws::accept_key(key.as_bytes())).map_err(|_| BadHandshake::Key)
 }
 
 /// A copy of `headers` that owns its bytes. hyper's header values are slices of the

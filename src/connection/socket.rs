@@ -1,0 +1,334 @@
+//! A websocket over the upgraded connection: frames in, bytes out, the closing handshake.
+//!
+//! Input is read into a buffer on the stack of the poll that reads it; only the start of a
+//! frame whose rest has not arrived is kept, and only until it has. Output is the outbox's
+//! bytes, taken whole and written until the socket takes no more. An idle connection thus
+//! holds no buffer of either kind.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::outbox::{close_code, CloseReason, Outbox};
+use crate::stats::Stats;
+use crate::ws::{self, opcode, FrameError, Head};
+
+/// Bytes read from the socket per read call. Client frames are small (a subscribe is ~60
+/// bytes): one read usually holds several whole frames.
+const READ_CHUNK: usize = 4096;
+
+pub(crate) type Io = TokioIo<Upgraded>;
+
+/// What the client sent, handed to the session.
+pub(super) enum Incoming<'a> {
+    Text(&'a str),
+}
+
+/// How reading stopped.
+pub(super) enum ReadEnd {
+    /// The client sent a close frame with this code.
+    ClientClosed(u16),
+    /// The stream ended or failed without a close frame.
+    Gone,
+    /// The session or a bad frame asked the connection to close (see the outbox).
+    Closing,
+}
+
+pub(super) struct Socket {
+    io: Io,
+    /// Bytes being written; `written` of them are out.
+    out: Vec<u8>,
+    out_frames: usize,
+    written: usize,
+    /// The start of a frame whose rest has not arrived yet.
+    partial: Vec<u8>,
+    /// A fragmented message being collected: its opcode and payload so far.
+    fragments: Option<(u8, Vec<u8>)>,
+    max_message: usize,
+}
+
+impl Socket {
+    pub fn new(io: Io, max_message: usize) -> Socket {
+        Socket {
+            io,
+            out: Vec::new(),
+            out_frames: 0,
+            written: 0,
+            partial: Vec::new(),
+            fragments: None,
+            max_message,
+        }
+    }
+
+    /// Queues a text frame to go before anything from the outbox (the first answer).
+    pub fn queue_text(&mut self, text: &str) {
+        ws::put_frame(&mut self.out, opcode::TEXT, &[text.as_bytes()]);
+    }
+
+    fn queue_close(&mut self, code: u16, reason: &str) {
+        ws::put_close(&mut self.out, code, reason);
+    }
+
+    /// Writes what is queued here, then whatever the outbox holds, until both are empty
+    /// (`Ready(Ok)`) or the socket is full (`Pending`).
+    pub fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: Option<&Outbox>,
+        stats: &Stats,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.written == self.out.len() {
+                if !self.out.is_empty() {
+                    Stats::add(&stats.ws_messages_send, self.out_frames as u64);
+                    // Given back rather than kept: most connections are idle most of the time.
+                    self.out = Vec::new();
+                    self.written = 0;
+                    self.out_frames = 0;
+                }
+                self.out_frames = match outbox {
+                    Some(outbox) => outbox.take(&mut self.out),
+                    None => 0,
+                };
+                if self.out.is_empty() {
+                    return Pin::new(&mut self.io).poll_flush(cx);
+                }
+            }
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+    }
+
+    /// Reads what the socket has and handles every whole frame in it: messages go to
+    /// `on_message`, pings are answered through `outbox`. `Ready(None)` after a read that
+    /// ended no frame stream; `Pending` when nothing more can be read now.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &Outbox,
+        on_message: &mut dyn FnMut(Incoming<'_>),
+    ) -> Poll<Option<ReadEnd>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+            Ok(()) if buf.filled().is_empty() => return Poll::Ready(Some(ReadEnd::Gone)),
+            Ok(()) => {}
+            Err(error) => {
+                tracing::debug!(%error, "websocket read failed");
+                return Poll::Ready(Some(ReadEnd::Gone));
+            }
+        }
+        let n = buf.filled().len();
+        outbox.heard();
+        let result = if self.partial.is_empty() {
+            let result = self.consume(&mut chunk[..n], outbox, on_message);
+            if let Ok(used) = result {
+                self.partial.extend_from_slice(&chunk[used..n]);
+            }
+            result
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(&chunk[..n]);
+            let result = self.consume(&mut buf, outbox, on_message);
+            if let Ok(used) = result {
+                if used < buf.len() {
+                    buf.drain(..used);
+                    self.partial = buf;
+                }
+            }
+            result
+        };
+        Poll::Ready(result.err())
+    }
+
+    /// Handles the whole frames at the start of `buf`; returns the bytes they took.
+    fn consume(
+        &mut self,
+        buf: &mut [u8],
+        outbox: &Outbox,
+        on_message: &mut dyn FnMut(Incoming<'_>),
+    ) -> Result<usize, ReadEnd> {
+        let mut at = 0;
+        loop {
+            if outbox.is_closing() {
+                return Err(ReadEnd::Closing);
+            }
+            let head = match ws::parse_head(&buf[at..], self.max_message) {
+                Ok(Some(head)) if buf.len() - at >= head.frame_len() => head,
+                Ok(_) => return Ok(at),
+                Err(error) => return Err(refuse(outbox, error)),
+            };
+            let payload = &mut buf[at + head.header_len..at + head.frame_len()];
+            at += head.frame_len();
+            ws::unmask(payload, head.mask);
+            if let Some(end) = self.on_frame(head, payload, outbox, on_message) {
+                return Err(end);
+            }
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        head: Head,
+        payload: &mut [u8],
+        outbox: &Outbox,
+        on_message: &mut dyn FnMut(Incoming<'_>),
+    ) -> Option<ReadEnd> {
+        if head.is_control() {
+            return match head.opcode {
+                opcode::CLOSE => Some(ReadEnd::ClientClosed(ws::close_code_of(payload))),
+                opcode::PING => {
+                    outbox.push_control(opcode::PONG, payload);
+                    None
+                }
+                _ => None, // a pong: `heard` is all it tells
+            };
+        }
+        let whole = match (head.opcode, self.fragments.as_mut(), head.fin) {
+            (opcode::CONTINUATION, None, _) => {
+                return Some(refuse(outbox, FrameError::Protocol("stray continuation")));
+            }
+            (opcode::CONTINUATION, Some((_, collected)), fin) => {
+                if collected.len() + payload.len() > self.max_message {
+                    return Some(refuse(outbox, FrameError::TooBig));
+                }
+                collected.extend_from_slice(payload);
+                if !fin {
+                    return None;
+                }
+                self.fragments.take()
+            }
+            (_, Some(_), _) => {
+                return Some(refuse(outbox, FrameError::Protocol("unfinished message")));
+            }
+            (op, None, false) => {
+                self.fragments = Some((op, payload.to_vec()));
+                return None;
+            }
+            (_, None, true) => None,
+        };
+        let (op, data): (u8, &[u8]) = match &whole {
+            Some((op, data)) => (*op, data),
+            None => (head.opcode, payload),
+        };
+        if op == opcode::BINARY {
+            outbox.close(CloseReason {
+                code: close_code::UNSUPPORTED_DATA,
+                reason: "binary-not-supported",
+            });
+            return Some(ReadEnd::Closing);
+        }
+        match std::str::from_utf8(data) {
+            Ok(text) => {
+                on_message(Incoming::Text(text));
+                None
+            }
+            Err(_) => {
+                outbox.close(CloseReason {
+                    code: close_code::INVALID_DATA,
+                    reason: "invalid-utf8",
+                });
+                Some(ReadEnd::Closing)
+            }
+        }
+    }
+
+    /// Writes everything queued, `close` last when given, then waits for the client's close
+    /// frame (or the end of the stream), all within `grace`. Reading until the client's close
+    /// keeps the TCP connection from being reset while our last frames are in flight.
+    pub async fn finish(
+        &mut self,
+        outbox: Option<&Outbox>,
+        close: Option<CloseReason>,
+        stats: &Stats,
+        grace: Duration,
+    ) {
+        if let Some(reason) = close {
+            // The outbox's frames first (a last answer, say); the close frame goes after them.
+            if let Some(outbox) = outbox {
+                if self.written == self.out.len() {
+                    self.out.clear();
+                    self.written = 0;
+                    self.out_frames = outbox.take(&mut self.out);
+                } else {
+                    let mut rest = Vec::new();
+                    self.out_frames += outbox.take(&mut rest);
+                    self.out.extend_from_slice(&rest);
+                }
+            }
+            self.queue_close(reason.code, reason.reason);
+        }
+        let closing = async {
+            if poll_fn(|cx| self.poll_write_out(cx, None, stats))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if close.is_some() {
+                self.discard_until_close().await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, closing).await;
+    }
+
+    /// Answers a client's close frame with `code` (after anything queued).
+    pub async fn answer_close(&mut self, code: u16, stats: &Stats, grace: Duration) {
+        self.queue_close(code, "");
+        let _ =
+            tokio::time::timeout(grace, poll_fn(|cx| self.poll_write_out(cx, None, stats))).await;
+    }
+
+    /// Reads and drops frames until the client's close frame or the end of the stream.
+    async fn discard_until_close(&mut self) {
+        let mut buf = std::mem::take(&mut self.partial);
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            loop {
+                match ws::parse_head(&buf, self.max_message) {
+                    Ok(Some(head)) if buf.len() >= head.frame_len() => {
+                        if head.opcode == opcode::CLOSE {
+                            return;
+                        }
+                        buf.drain(..head.frame_len());
+                    }
+                    Ok(_) => break,
+                    Err(_) => return,
+                }
+            }
+            let mut read = ReadBuf::new(&mut chunk);
+            match poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut read)).await {
+                Ok(()) if !read.filled().is_empty() => buf.extend_from_slice(read.filled()),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Closes for a frame the client may not send; the end to report.
+fn refuse(outbox: &Outbox, error: FrameError) -> ReadEnd {
+    let reason = match error {
+        FrameError::TooBig => CloseReason {
+            code: close_code::TOO_BIG,
+            reason: "message-too-big",
+        },
+        FrameError::Protocol(what) => {
+            tracing::debug!(what, "websocket protocol error");
+            CloseReason {
+                code: close_code::PROTOCOL_ERROR,
+                reason: "protocol-error",
+            }
+        }
+    };
+    outbox.close(reason);
+    ReadEnd::Closing
+}
