@@ -186,7 +186,7 @@ fn is_scalar(value: &Value) -> bool {
 /// The rooms a connection may subscribe to, as the backend gave them.
 #[derive(Debug, Clone, Default)]
 pub struct AllowedRooms {
-    /// Exactly what the backend sent, echoed in the first frame.
+    /// Exactly what the backend sent, echoed in the first frame (and then dropped).
     pub raw: Vec<Value>,
     /// The scalar-valued ones in canonical form; an allowed room holding a nested value can
     /// never allow a (scalar-only) requested room, so it is left out of matching.

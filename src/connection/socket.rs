@@ -291,7 +291,6 @@ impl Socket {
     /// Reads and drops frames until the client's close frame or the end of the stream.
     async fn discard_until_close(&mut self) {
         let mut buf = std::mem::take(&mut self.partial);
-        let mut chunk = [0u8; READ_CHUNK];
         loop {
             loop {
                 match ws::parse_head(&buf, self.max_message) {
@@ -305,10 +304,18 @@ impl Socket {
                     Err(_) => return,
                 }
             }
-            let mut read = ReadBuf::new(&mut chunk);
-            match poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut read)).await {
-                Ok(()) if !read.filled().is_empty() => buf.extend_from_slice(read.filled()),
-                _ => return,
+            // On the heap: a buffer held across this await would sit in every connection's
+            // task for the connection's whole life.
+            let filled = buf.len();
+            buf.resize(filled + READ_CHUNK, 0);
+            let mut read = ReadBuf::new(&mut buf[filled..]);
+            let n = match poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut read)).await {
+                Ok(()) => read.filled().len(),
+                Err(_) => 0,
+            };
+            buf.truncate(filled + n);
+            if n == 0 {
+                return;
             }
         }
     }

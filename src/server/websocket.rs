@@ -1,13 +1,13 @@
 //! `GET /ws/`: admission, the request kept for the backend, and the upgrade.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use super::http::error;
 use super::AppState;
@@ -38,20 +38,14 @@ pub(super) async fn ws_handler(
             "the connection cannot be upgraded",
         );
     };
-    let connect = ConnectRequest {
+    let connect = Arc::new(ConnectRequest {
         id: uuid::Uuid::new_v4().to_string().into(),
         headers: owned_headers(request.headers()),
         query: request.uri().query().map(str::to_string),
         peer,
-    };
-    let token = state.connections.token();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => connection::run(TokioIo::new(upgraded), connect, state.shared).await,
-            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
-        }
-        drop((ticket, token));
     });
+    let guard = (ticket, state.connections.token());
+    tokio::spawn(connection::run(on_upgrade, connect, state.shared, guard));
     (
         StatusCode::SWITCHING_PROTOCOLS,
         [
@@ -128,13 +122,31 @@ fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Ba
     HeaderValue::from_str(&ws::accept_key(key.as_bytes())).map_err(|_| BadHandshake::Key)
 }
 
-/// A copy of `headers` that owns its bytes. hyper's header values are slices of the
-/// connection's read buffer (8-16 KiB); keeping the originals for the life of the websocket
-/// (hooks need them) would keep that whole buffer alive per connection. Measured with
-/// `ht-bench connect`: 22.5 KiB -> 6.4 KiB of server RSS per idle connection.
+/// Headers that only served the handshake: a backend has no use for them, and each kept one
+/// is ~100 bytes of every connection's memory.
+const HANDSHAKE_HEADERS: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+/// A copy of `headers` that owns its bytes, without the handshake's own. hyper's header
+/// values are slices of the connection's read buffer (8-16 KiB); keeping the originals for
+/// the life of the websocket (hooks need them) would keep that whole buffer alive per
+/// connection. Measured with `ht-bench connect`: 22.5 KiB -> 6.4 KiB of server RSS per idle
+/// connection.
 fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut owned = HeaderMap::with_capacity(headers.len());
+    let kept = headers
+        .keys()
+        .filter(|name| !HANDSHAKE_HEADERS.contains(name))
+        .count();
+    let mut owned = HeaderMap::with_capacity(kept);
     for (name, value) in headers {
+        if HANDSHAKE_HEADERS.contains(name) {
+            continue;
+        }
         let (Ok(name), Ok(mut copy)) = (
             HeaderName::from_bytes(name.as_str().as_bytes()),
             HeaderValue::from_bytes(value.as_bytes()),
