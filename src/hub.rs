@@ -90,6 +90,13 @@ impl Shape {
 
     /// Calls `f` for every room of this shape matching the trigger room `t`, once each.
     fn for_each_match(&self, t: &Room, mut f: impl FnMut(&Arc<str>, &RoomEntry)) {
+        if !t.has_wildcard() && self.star_counts.iter().all(|&n| n == 0) {
+            // The common case: no wildcards on either side, one lookup.
+            if let Some((key, entry)) = self.rooms.get_key_value(t.canonical()) {
+                f(key, entry);
+            }
+            return;
+        }
         let star_keys: Vec<usize> = (0..self.star_counts.len())
             .filter(|&i| self.star_counts[i] > 0)
             .collect();
@@ -252,16 +259,19 @@ impl Hub {
                 }
             }
         };
+        let mut shape_key = String::new();
         if let [room] = trigger.rooms.as_slice() {
             // One trigger room visits each matching room once by construction.
-            if let Some(shape) = state.shapes.get(&room.shape()) {
+            room.write_shape(&mut shape_key);
+            if let Some(shape) = state.shapes.get(&shape_key) {
                 shape.for_each_match(room, |_, entry| deliver(entry));
             }
         } else {
             // Several trigger rooms may match one room (wildcards, repeats): visit it once.
             let mut seen: HashSet<*const str> = HashSet::new();
             for room in &trigger.rooms {
-                if let Some(shape) = state.shapes.get(&room.shape()) {
+                room.write_shape(&mut shape_key);
+                if let Some(shape) = state.shapes.get(&shape_key) {
                     shape.for_each_match(room, |key, entry| {
                         if seen.insert(Arc::as_ptr(key)) {
                             deliver(entry);

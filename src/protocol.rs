@@ -169,11 +169,11 @@ impl Trigger {
         limits: &RoomLimits,
         max_batch: usize,
     ) -> Result<Vec<Trigger>, TriggerError> {
-        let raw: &RawValue =
-            serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?;
-        if raw.get().starts_with('[') {
-            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
-                .map_err(|e| TriggerError::NotJson(e.to_string()))?;
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            // One pass over a batch: the list of raw items validates the JSON as it goes.
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?;
             if items.len() > max_batch {
                 return Err(TriggerError::BatchTooLarge(max_batch));
             }
@@ -182,7 +182,7 @@ impl Trigger {
                 .map(|item| Self::from_raw(item, limits))
                 .collect()
         } else {
-            Ok(vec![Self::from_raw(raw, limits)?])
+            Ok(vec![Self::parse(body, limits)?])
         }
     }
 

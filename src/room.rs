@@ -80,12 +80,18 @@ impl Room {
     }
 
     fn from_sorted_pairs(pairs: Vec<(Box<str>, Box<str>)>) -> Room {
-        let mut canonical = String::from("{");
+        let len = pairs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+            + 2;
+        let mut canonical = String::with_capacity(len);
+        canonical.push('{');
         for (i, (key, value)) in pairs.iter().enumerate() {
             if i > 0 {
                 canonical.push(',');
             }
-            canonical.push_str(&Value::from(key.as_ref()).to_string());
+            push_json_string(&mut canonical, key);
             canonical.push(':');
             canonical.push_str(value);
         }
@@ -109,12 +115,19 @@ impl Room {
     /// The sorted key set, as one string: rooms only ever match rooms of the same shape.
     pub fn shape(&self) -> String {
         let mut shape = String::new();
+        self.write_shape(&mut shape);
+        shape
+    }
+
+    /// Writes [`Room::shape`] into `out` (a reused buffer: a trigger's lookup allocates
+    /// nothing).
+    pub fn write_shape(&self, out: &mut String) {
+        out.clear();
         for (key, _) in self.pairs.iter() {
             // Keys are joined with a byte JSON text can never contain unescaped.
-            shape.push_str(key);
-            shape.push('\u{0}');
+            out.push_str(key);
+            out.push('\u{0}');
         }
-        shape
     }
 
     /// This room with the value at `index` replaced by the wildcard.
@@ -173,6 +186,17 @@ impl fmt::Debug for Room {
 impl fmt::Display for Room {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.canonical)
+    }
+}
+
+/// Appends `text` as a JSON string, as `serde_json` writes it.
+fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(text).to_string());
     }
 }
 
