@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod http;
+mod listener;
 mod websocket;
 
 pub(crate) use http::accept_triggers;
 use http::{metrics_handler, ready_handler, status_handler, trigger_handler};
+use listener::ClosableListener;
 use websocket::ws_handler;
 
 use crate::admission::Admission;
@@ -221,6 +223,7 @@ impl Server {
             connections: connections.clone(),
         };
         let mut servers = Vec::new();
+        let mut listeners = Vec::new();
         let public = public.with_state(state.clone());
         let shutdown = shared.shutdown.clone();
         servers.push(match &shared.config.policy.tls {
@@ -228,9 +231,16 @@ impl Server {
                 let tls = crate::tls::load(files).await.map_err(StartError::Tls)?;
                 tokio::spawn(crate::tls::serve(public_listener, tls, public, shutdown))
             }
-            None => tokio::spawn(serve(public_listener, public, shutdown)),
+            None => {
+                let listener = ClosableListener::new(public_listener, local_addr);
+                listeners.push(listener.clone());
+                tokio::spawn(serve(listener, public, shutdown))
+            }
         });
         if let Some(listener) = internal_listener {
+            let addr = internal_addr.unwrap_or(local_addr);
+            let listener = ClosableListener::new(listener, addr);
+            listeners.push(listener.clone());
             let internal = trigger_routes
                 .merge(ops_routes)
                 .route("/status", get(status_handler))
@@ -248,6 +258,7 @@ impl Server {
             internal_addr,
             shared,
             connections,
+            listeners,
             servers,
             sources,
         })
@@ -287,7 +298,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     listen().map_err(|source| StartError::Bind { addr, source })
 }
 
-async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+async fn serve(listener: ClosableListener, router: Router, shutdown: CancellationToken) {
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     // Without TCP_NODELAY, a small frame written while the previous one is unacknowledged
     // waits for the peer's delayed ACK: up to 40 ms of latency on loopback.
@@ -312,6 +323,7 @@ pub struct Handle {
     pub internal_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     connections: TaskTracker,
+    listeners: Vec<ClosableListener>,
     servers: Vec<JoinHandle<()>>,
     sources: Vec<JoinHandle<()>>,
 }
@@ -333,6 +345,10 @@ impl Handle {
     /// Stops accepting, closes every websocket with 1001 (going away), and waits up to
     /// `grace` for the connections to finish.
     pub async fn shutdown(self, grace: Duration) {
+        // Listening sockets first, so that nobody connects while the others are told to go.
+        for listener in &self.listeners {
+            listener.close();
+        }
         self.shared.shutdown.cancel();
         self.connections.close();
         if tokio::time::timeout(grace, self.connections.wait())
