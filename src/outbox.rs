@@ -112,8 +112,11 @@ impl Outbox {
         }
     }
 
-    /// Appends one frame made of `parts`; `bounded` refuses it when the queue is full.
-    fn push(&self, op: u8, parts: &[&[u8]], bounded: bool) -> bool {
+    /// Appends one frame made of `parts`; `bounded` refuses it when the queue is full. The
+    /// task is woken by the first frame unless `from_task`: the connection's task queues its
+    /// own answers while handling input and writes them out right after, and waking a running
+    /// task costs a second poll and, often, a wakeup of an idle worker thread.
+    fn push(&self, op: u8, parts: &[&[u8]], bounded: bool, from_task: bool) -> bool {
         let mut pending = lock(&self.inner.pending);
         if bounded && pending.frames >= self.inner.capacity {
             return false;
@@ -126,7 +129,7 @@ impl Outbox {
         pending.frames += 1;
         drop(pending);
         // Only the first frame wakes the task: it takes everything queued when it runs.
-        if was_empty {
+        if was_empty && !from_task {
             self.inner.waker.wake();
         }
         true
@@ -141,7 +144,7 @@ impl Outbox {
             return false;
         }
         let parts = [prefix.as_bytes(), request_id_json.as_bytes(), b"}"];
-        if self.push(opcode::TEXT, &parts, true) {
+        if self.push(opcode::TEXT, &parts, true, false) {
             return true;
         }
         Stats::incr(&self.inner.stats.ws_messages_send_error);
@@ -152,16 +155,18 @@ impl Outbox {
         false
     }
 
-    /// Queues an answer to the client's own request. Not bounded here: the connection stops
-    /// reading the client while its socket is full, so answers cannot pile up.
-    pub fn push_text(&self, text: &str) {
-        self.push(opcode::TEXT, &[text.as_bytes()], false);
+    /// Queues an answer to the client's own request, from the connection's task (no wakeup:
+    /// the task writes it out next). Not bounded here: the connection stops reading the
+    /// client while its socket is full, so answers cannot pile up.
+    pub fn push_reply(&self, text: &str) {
+        self.push(opcode::TEXT, &[text.as_bytes()], false, true);
     }
 
     /// Queues a control frame (ping, pong) if there is room; dropping one when the queue is
     /// full is harmless, as a full queue already means the client is being dealt with.
-    pub fn push_control(&self, op: u8, payload: &[u8]) {
-        self.push(op, &[payload], true);
+    /// `from_task` as for [`Outbox::push_reply`].
+    pub fn push_control(&self, op: u8, payload: &[u8], from_task: bool) {
+        self.push(op, &[payload], true, from_task);
     }
 
     /// Moves every queued frame into the empty `into`; returns how many frames moved.
@@ -245,8 +250,8 @@ mod tests {
     fn frames_queue_in_order_and_leave_in_one_take() {
         let outbox = Outbox::new(3, Arc::new(Stats::new()));
         assert!(outbox.try_publish(r#"{"a":"#, r#""r1""#));
-        outbox.push_text("answer");
-        outbox.push_control(opcode::PING, b"");
+        outbox.push_reply("answer");
+        outbox.push_control(opcode::PING, b"", false);
         let mut bytes = Vec::new();
         assert_eq!(outbox.take(&mut bytes), 3);
         assert_eq!(

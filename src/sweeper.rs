@@ -153,7 +153,7 @@ impl Registry {
                         outbox.close(PING_TIMEOUT);
                         continue;
                     }
-                    outbox.push_control(opcode::PING, b"");
+                    outbox.push_control(opcode::PING, b"", false);
                     entry.next_ping = now + period;
                 }
             }

@@ -124,7 +124,7 @@ impl Session {
                 &connection_error
             }
         };
-        self.outbox.push_text(reply);
+        self.outbox.push_reply(reply);
     }
 
     /// A requestId names one subscription: subscribing again with it replaces the old one.
@@ -190,7 +190,7 @@ impl Session {
         };
         let Some(allowed) = allowed else {
             tracing::info!("re-authorisation refused: closing");
-            self.outbox.push_text(answer::NOT_AUTHORIZED);
+            self.outbox.push_reply(answer::NOT_AUTHORIZED);
             self.outbox.close(CloseReason {
                 code: close_code::NORMAL,
                 reason: "not-authorized",
@@ -208,7 +208,7 @@ impl Session {
             if let Some((id, room)) = self.subscriptions.remove(&rid) {
                 self.shared.hub.unsubscribe(&room, id);
                 Stats::incr(&self.shared.stats.reauth_unsubscribed);
-                self.outbox.push_text(&protocol::unsubscribed(&rid));
+                self.outbox.push_reply(&protocol::unsubscribed(&rid));
             }
         }
     }

@@ -187,7 +187,7 @@ impl Socket {
             return match head.opcode {
                 opcode::CLOSE => Some(ReadEnd::ClientClosed(ws::close_code_of(payload))),
                 opcode::PING => {
-                    outbox.push_control(opcode::PONG, payload);
+                    outbox.push_control(opcode::PONG, payload, true);
                     None
                 }
                 _ => None, // a pong: `heard` is all it tells
