@@ -213,7 +213,9 @@ impl Outbox {
 
     /// Whether a re-authorisation was asked for since the last call.
     pub fn take_reauth(&self) -> bool {
-        self.inner.reauth_due.swap(false, Ordering::AcqRel)
+        // A load first: this runs on every poll, and a swap would write the line each time.
+        self.inner.reauth_due.load(Ordering::Acquire)
+            && self.inner.reauth_due.swap(false, Ordering::AcqRel)
     }
 
     /// Records a frame from the client (any frame: the websocket ping round's evidence).

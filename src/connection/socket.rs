@@ -7,6 +7,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -117,8 +118,9 @@ impl Socket {
         outbox: &Outbox,
         on_message: &mut dyn FnMut(Incoming<'_>),
     ) -> Poll<Option<ReadEnd>> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut chunk);
+        // Not zeroed first: 4 KiB of memset on every read showed in the profiles.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
         match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
             Ok(()) if buf.filled().is_empty() => return Poll::Ready(Some(ReadEnd::Gone)),
             Ok(()) => {}
@@ -127,17 +129,17 @@ impl Socket {
                 return Poll::Ready(Some(ReadEnd::Gone));
             }
         }
-        let n = buf.filled().len();
+        let input = buf.filled_mut();
         outbox.heard();
         let result = if self.partial.is_empty() {
-            let result = self.consume(&mut chunk[..n], outbox, on_message);
+            let result = self.consume(input, outbox, on_message);
             if let Ok(used) = result {
-                self.partial.extend_from_slice(&chunk[used..n]);
+                self.partial.extend_from_slice(&input[used..]);
             }
             result
         } else {
             let mut buf = std::mem::take(&mut self.partial);
-            buf.extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(input);
             let result = self.consume(&mut buf, outbox, on_message);
             if let Ok(used) = result {
                 if used < buf.len() {
