@@ -5,8 +5,13 @@
 //! Where a frame enters and where a trigger goes, in data-flow order:
 //! - [`protocol`]: what crosses the wire — client frames, answers, trigger bodies.
 //! - [`room`]: rooms in canonical form; the permission and trigger matching rules.
-//! - [`connection`] (private): one websocket — bootstrap, then a reader and a writer loop.
-//! - [`outbox`]: a connection's bounded outgoing queue and close signal; the overflow policy.
+//! - `ws` (private): the websocket wire format, hand-written for the hot path.
+//! - `connection` (private): one websocket, one task, one loop — bootstrap, then output and
+//!   input in turn, then the closing handshake.
+//! - [`outbox`]: a connection's outgoing frames as wire bytes, and the flags that reach its
+//!   task; the overflow policy.
+//! - `sweeper` (private): every open connection, and one timer for all of them (idle, pings,
+//!   re-authorisation, shutdown).
 //! - [`hub`]: the single owner of rooms and subscriptions; fans triggers out.
 //! - `sources` (private): broker trigger sources (RabbitMQ, Redis pub/sub) behind one small
 //!   `Engine` trait, with the shared reconnect loop.
