@@ -1,37 +1,56 @@
-//! The machine's floor for fan-out latency: how long one thread takes to write one small
-//! frame to each of N loopback TCP sockets while another thread reads them all — what any
-//! server has to do for one trigger to N subscribers, without any server around it.
+//! The machine's floor for delivering messages over loopback TCP, without a server: what any
+//! server has to do for one trigger to N subscribers (`burst`), or for a stream of triggers
+//! each to its own subscriber (`stream`, the `rooms` scenario).
 //!
-//! `cargo run --release --example sendto_floor -- 1000 200` (sockets, rounds). Prints the
-//! median and p99 over the rounds of the time to write all N, and µs per write.
+//! ```sh
+//! cargo run --release --example sendto_floor -- burst 1000 200   # sockets, rounds
+//! cargo run --release --example sendto_floor -- stream 10000 5   # sockets, seconds
+//! ```
+//! `burst`: one thread writes one 90-byte frame to each of N sockets, another drains them;
+//! prints the median and p99 over the rounds of the time to write all N, and µs per write.
+//! `stream`: one thread writes frames round-robin over N sockets for the given seconds while
+//! a single-threaded tokio runtime reads them (as `ht-bench` does); prints messages/s read
+//! and the CPU both threads used per message.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+const FRAME: [u8; 90] = [b'x'; 90];
+
+fn pairs(n: usize) -> std::io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let mut writers = Vec::with_capacity(n);
-    let mut readers = Vec::with_capacity(n);
+    let (mut writers, mut readers) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let client = TcpStream::connect(addr)?;
         let (server, _) = listener.accept()?;
         server.set_nodelay(true)?;
-        client.set_nonblocking(true)?;
         writers.push(server);
         readers.push(client);
+    }
+    Ok((writers, readers))
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn burst(n: usize, rounds: usize) -> std::io::Result<()> {
+    let (mut writers, mut readers) = pairs(n)?;
+    for r in &readers {
+        r.set_nonblocking(true)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let reading = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            // A polling reader: drains every socket, like a client process with many sockets.
             let mut buf = [0u8; 4096];
             while !stop.load(Ordering::Relaxed) {
                 let mut any = false;
@@ -46,12 +65,11 @@ fn main() -> std::io::Result<()> {
             }
         })
     };
-    let frame = [b'x'; 90];
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let start = Instant::now();
         for w in &mut writers {
-            w.write_all(&frame)?;
+            w.write_all(&FRAME)?;
         }
         times.push(start.elapsed());
         std::thread::sleep(Duration::from_millis(20));
@@ -62,10 +80,93 @@ fn main() -> std::io::Result<()> {
     let median = times[times.len() / 2];
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
     println!(
-        "{n} sockets, {rounds} rounds: all written in median {:.2} ms, p99 {:.2} ms; {:.2} µs per write",
+        "burst: {n} sockets, {rounds} rounds: all written in median {:.2} ms, p99 {:.2} ms; \
+         {:.2} µs per write",
         median.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         median.as_secs_f64() * 1e6 / n as f64
     );
     Ok(())
+}
+
+fn stream(n: usize, seconds: u64) -> std::io::Result<()> {
+    let (mut writers, readers) = pairs(n)?;
+    let read = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = {
+        let (read, stop) = (read.clone(), stop.clone());
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                for r in readers {
+                    r.set_nonblocking(true)?;
+                    let mut r = tokio::net::TcpStream::from_std(r)?;
+                    let read = read.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(k) = r.read(&mut buf).await {
+                            if k == 0 {
+                                break;
+                            }
+                            read.fetch_add(k as u64, Ordering::Relaxed);
+                        }
+                    });
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(())
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu0, bytes0, start) = (cpu_seconds(), read.load(Ordering::Relaxed), Instant::now());
+    let deadline = start + Duration::from_secs(seconds);
+    let mut written = 0u64;
+    'outer: loop {
+        for w in &mut writers {
+            w.write_all(&FRAME)?;
+            written += 1;
+            if written % 1024 == 0 && Instant::now() >= deadline {
+                break 'outer;
+            }
+        }
+    }
+    // Let the reader catch up with what was written.
+    let target = bytes0 + written * FRAME.len() as u64;
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while read.load(Ordering::Relaxed) < target && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let messages = (read.load(Ordering::Relaxed) - bytes0) / FRAME.len() as u64;
+    let cpu = cpu_seconds() - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    drop(writers);
+    let _ = reading.join();
+    println!(
+        "stream: {n} sockets, {seconds} s: {:.0} msgs/s written and read, {:.2} µs of CPU per \
+         message (writer + reader, {:.0} % of one core)",
+        messages as f64 / elapsed,
+        cpu * 1e6 / messages as f64,
+        cpu / elapsed * 100.0
+    );
+    Ok(())
+}
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num =
+        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.first().map(String::as_str) {
+        Some("stream") => stream(num(1, 10_000), num(2, 5) as u64),
+        Some("burst") | None => burst(num(1, 1000), num(2, 200)),
+        Some(other) => {
+            eprintln!("unknown mode {other:?}: burst or stream");
+            std::process::exit(2)
+        }
+    }
 }
