@@ -130,7 +130,7 @@ fn stream(n: usize, seconds: u64) -> std::io::Result<()> {
         for w in &mut writers {
             w.write_all(&FRAME)?;
             written += 1;
-            if written % 1024 == 0 && Instant::now() >= deadline {
+            if written.is_multiple_of(1024) && Instant::now() >= deadline {
                 break 'outer;
             }
         }
