@@ -66,16 +66,37 @@ impl Room {
         }
         let mut pairs: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(map.len());
         for (key, value) in map {
-            if !is_scalar(value) {
-                return Err(RoomError::NotScalar(key.clone()));
-            }
-            let text = value.to_string();
-            if key.len() > limits.max_len || text.len() > limits.max_len.saturating_add(2) {
-                return Err(RoomError::TooLong(limits.max_len));
-            }
-            pairs.push((key.as_str().into(), text.into_boxed_str()));
+            let text = value_text(key, value, limits)?;
+            pairs.push((key.as_str().into(), text));
         }
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self::from_sorted_pairs(pairs))
+    }
+
+    /// A room from an object's members in arrival order, as a trigger's parser delivers them
+    /// (no `Map` built first); a repeated key keeps its last value, as in a `Map`. Equal to
+    /// [`Room::from_map`] of the same object, errors included.
+    pub fn from_members(
+        mut members: Vec<(String, Value)>,
+        limits: &RoomLimits,
+    ) -> Result<Room, RoomError> {
+        // Stable: of equal keys the last to arrive ends up last, and is the one kept.
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        if members.len() > limits.max_keys {
+            return Err(RoomError::TooManyKeys(members.len(), limits.max_keys));
+        }
+        let mut pairs: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(members.len());
+        for (key, value) in members {
+            let text = value_text(&key, &value, limits)?;
+            pairs.push((key.into_boxed_str(), text));
+        }
         Ok(Self::from_sorted_pairs(pairs))
     }
 
@@ -187,6 +208,18 @@ impl fmt::Display for Room {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.canonical)
     }
+}
+
+/// A room value's canonical JSON text, after the checks every room member passes.
+fn value_text(key: &str, value: &Value, limits: &RoomLimits) -> Result<Box<str>, RoomError> {
+    if !is_scalar(value) {
+        return Err(RoomError::NotScalar(key.to_string()));
+    }
+    let text = value.to_string();
+    if key.len() > limits.max_len || text.len() > limits.max_len.saturating_add(2) {
+        return Err(RoomError::TooLong(limits.max_len));
+    }
+    Ok(text.into_boxed_str())
 }
 
 /// Appends `text` as a JSON string, as `serde_json` writes it.

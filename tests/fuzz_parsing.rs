@@ -341,6 +341,33 @@ proptest! {
     }
 
     #[test]
+    fn a_trigger_room_is_the_room_a_client_subscribes(
+        members in prop::collection::vec(
+            (small_string(), prop_oneof![8 => scalar(), 1 => json_value()]),
+            0..7,
+        ),
+        max_keys in 0usize..6,
+        max_len in 0usize..8,
+    ) {
+        // The trigger parser builds rooms from the members as they arrive (repeats included);
+        // the client path from a parsed `Map`. A subscription matches a trigger by equal
+        // rooms, so the two must agree on every object, errors included.
+        let limits = RoomLimits { max_keys, max_len };
+        let text = object_text(&members);
+        let as_map: Value = serde_json::from_str(&text).expect("object text");
+        let client = Room::parse(&as_map, &limits);
+        let body = format!(r#"{{"rooms":[{text}],"data":1}}"#);
+        let trigger = Trigger::parse(body.as_bytes(), &limits).map(|t| t.rooms);
+        match (client, trigger) {
+            (Ok(room), Ok(rooms)) => prop_assert_eq!(rooms, vec![room]),
+            (Err(expected), Err(TriggerError::InvalidRoom { index: 0, source })) => {
+                prop_assert_eq!(source, expected);
+            }
+            (client, trigger) => prop_assert!(false, "client {:?}, trigger {:?}", client, trigger),
+        }
+    }
+
+    #[test]
     fn allows_agrees_with_the_reference(allowed in small_room(), requested in small_room()) {
         prop_assert_eq!(
             room(&allowed).allows(&room(&requested)),
