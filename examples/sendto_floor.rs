@@ -5,12 +5,16 @@
 //! ```sh
 //! cargo run --release --example sendto_floor -- burst 1000 200   # sockets, rounds
 //! cargo run --release --example sendto_floor -- stream 10000 5   # sockets, seconds
+//! cargo run --release --example sendto_floor -- pingpong 20000    # round trips
 //! ```
 //! `burst`: one thread writes one 90-byte frame to each of N sockets, another drains them;
 //! prints the median and p99 over the rounds of the time to write all N, and µs per write.
 //! `stream`: one thread writes frames round-robin over N sockets for the given seconds while
 //! a single-threaded tokio runtime reads them (as `ht-bench` does); prints messages/s read
 //! and the CPU both threads used per message.
+//! `pingpong`: one thread sends a 60-byte message over one socket and waits for the 20-byte
+//! answer another thread sends back, as many times as asked (`subscribe` one at a time, with
+//! an echo in place of a server); prints round trips/s.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -157,15 +161,45 @@ fn stream(n: usize, seconds: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+fn pingpong(rounds: usize) -> std::io::Result<()> {
+    let (mut writers, mut readers) = pairs(1)?;
+    let (mut server, mut client) = (writers.remove(0), readers.remove(0));
+    client.set_nodelay(true)?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 60];
+        for _ in 0..rounds {
+            server.read_exact(&mut buf)?;
+            server.write_all(&buf[..20])?;
+        }
+        Ok(())
+    });
+    let mut answer = [0u8; 20];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        client.write_all(&[b's'; 60])?;
+        client.read_exact(&mut answer)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    echo.join()
+        .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    println!(
+        "pingpong: {rounds} round trips: {:.0}/s, {:.1} µs each",
+        rounds as f64 / elapsed,
+        elapsed * 1e6 / rounds as f64
+    );
+    Ok(())
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
         |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("stream") => stream(num(1, 10_000), num(2, 5) as u64),
+        Some("pingpong") => pingpong(num(1, 20_000)),
         Some("burst") | None => burst(num(1, 1000), num(2, 200)),
         Some(other) => {
-            eprintln!("unknown mode {other:?}: burst or stream");
+            eprintln!("unknown mode {other:?}: burst, stream or pingpong");
             std::process::exit(2)
         }
     }
