@@ -253,7 +253,7 @@ impl Hub {
             for subscriber in entry.subscribers.values() {
                 if subscriber
                     .outbox
-                    .try_publish(&trigger.frame_prefix, &subscriber.request_id_json)
+                    .try_publish(trigger.frame_parts(&subscriber.request_id_json))
                 {
                     delivered += 1;
                 }

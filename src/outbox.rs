@@ -135,16 +135,17 @@ impl Outbox {
         true
     }
 
-    /// Queues a publish frame, `prefix` + `request_id_json` + `}`, without waiting. Returns
-    /// whether it was queued; a full queue disconnects the client as too slow. The caller
-    /// counts queued frames in `ws_messages_send_queued`, once per fan-out: one shared counter
-    /// bumped per subscriber bounced its cache line between the cores on every frame.
-    pub fn try_publish(&self, prefix: &str, request_id_json: &str) -> bool {
+    /// Queues a publish frame made of `parts` ([`Trigger::frame_parts`]) without waiting.
+    /// Returns whether it was queued; a full queue disconnects the client as too slow. The
+    /// caller counts queued frames in `ws_messages_send_queued`, once per fan-out: one shared
+    /// counter bumped per subscriber bounced its cache line between the cores on every frame.
+    ///
+    /// [`Trigger::frame_parts`]: crate::protocol::Trigger::frame_parts
+    pub fn try_publish(&self, parts: [&str; 3]) -> bool {
         if self.is_closing() {
             return false;
         }
-        let parts = [prefix.as_bytes(), request_id_json.as_bytes(), b"}"];
-        if self.push(opcode::TEXT, &parts, true, false) {
+        if self.push(opcode::TEXT, &parts.map(str::as_bytes), true, false) {
             return true;
         }
         Stats::incr(&self.inner.stats.ws_messages_send_error);
@@ -251,7 +252,7 @@ mod tests {
     #[test]
     fn frames_queue_in_order_and_leave_in_one_take() {
         let outbox = Outbox::new(3, Arc::new(Stats::new()));
-        assert!(outbox.try_publish(r#"{"a":"#, r#""r1""#));
+        assert!(outbox.try_publish([r#"{"a":"#, r#""r1""#, "}"]));
         outbox.push_reply("answer");
         outbox.push_control(opcode::PING, b"", false);
         let mut bytes = Vec::new();
@@ -273,11 +274,11 @@ mod tests {
     fn a_full_queue_closes_the_client_as_slow() {
         let stats = Arc::new(Stats::new());
         let outbox = Outbox::new(2, stats.clone());
-        assert!(outbox.try_publish("{", "1"));
-        assert!(outbox.try_publish("{", "2"));
-        assert!(!outbox.try_publish("{", "3"));
+        assert!(outbox.try_publish(["{", "1", "}"]));
+        assert!(outbox.try_publish(["{", "2", "}"]));
+        assert!(!outbox.try_publish(["{", "3", "}"]));
         assert_eq!(outbox.close_reason(), Some(SLOW_CLIENT));
-        assert!(!outbox.try_publish("{", "4"));
+        assert!(!outbox.try_publish(["{", "4", "}"]));
         assert_eq!(stats.slow_client_disconnects.load(Ordering::Relaxed), 1);
         // The first reason stays.
         assert!(!outbox.close(CloseReason {

@@ -254,14 +254,16 @@ impl Trigger {
         }
     }
 
-    /// The full publish frame for one subscription; `request_id_json` is its requestId
-    /// already encoded as a JSON string.
+    /// The publish frame for one subscription, as the pieces laid end to end on the wire (the
+    /// hub copies them straight into the connection's outbox); `request_id_json` is its
+    /// requestId already encoded as a JSON string.
+    pub fn frame_parts<'a>(&'a self, request_id_json: &'a str) -> [&'a str; 3] {
+        [&self.frame_prefix, request_id_json, "}"]
+    }
+
+    /// [`Trigger::frame_parts`] as one string.
     pub fn frame_for(&self, request_id_json: &str) -> String {
-        let mut frame = String::with_capacity(self.frame_prefix.len() + request_id_json.len() + 1);
-        frame.push_str(&self.frame_prefix);
-        frame.push_str(request_id_json);
-        frame.push('}');
-        frame
+        self.frame_parts(request_id_json).concat()
     }
 }
 

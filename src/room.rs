@@ -140,8 +140,7 @@ impl Room {
         shape
     }
 
-    /// Writes [`Room::shape`] into `out` (a reused buffer: a trigger's lookup allocates
-    /// nothing).
+    /// Writes [`Room::shape`] into `out`, a buffer reused across a trigger's rooms.
     pub fn write_shape(&self, out: &mut String) {
         out.clear();
         for (key, _) in self.pairs.iter() {

@@ -32,9 +32,7 @@ use crate::server::Shared;
 use crate::stats::Stats;
 use crate::sweeper::SERVER_SHUTDOWN;
 use session::Session;
-use socket::{Incoming, ReadEnd, Socket};
-
-use socket::Io;
+use socket::{Incoming, Io, ReadEnd, Socket};
 
 /// How long we wait for the client's close frame after sending ours, before dropping the
 /// socket. Closing with unread input would reset the TCP connection and could destroy the

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{spawn_hook, Hook};
+use super::{spawn_hook, Hook, NOT_AUTHORIZED};
 use crate::backend::{BackendError, Bootstrap, ConnectRequest};
 use crate::hub::{Subscriber, SubscriptionId};
 use crate::outbox::{close_code, CloseReason, Outbox};
@@ -191,10 +191,7 @@ impl Session {
         let Some(allowed) = allowed else {
             tracing::info!("re-authorisation refused: closing");
             self.outbox.push_reply(answer::NOT_AUTHORIZED);
-            self.outbox.close(CloseReason {
-                code: close_code::NORMAL,
-                reason: "not-authorized",
-            });
+            self.outbox.close(NOT_AUTHORIZED);
             return;
         };
         let revoked: Vec<String> = self

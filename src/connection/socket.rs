@@ -257,15 +257,9 @@ impl Socket {
         if let Some(reason) = close {
             // The outbox's frames first (a last answer, say); the close frame goes after them.
             if let Some(outbox) = outbox {
-                if self.written == self.out.len() {
-                    self.out.clear();
-                    self.written = 0;
-                    self.out_frames = outbox.take(&mut self.out);
-                } else {
-                    let mut rest = Vec::new();
-                    self.out_frames += outbox.take(&mut rest);
-                    self.out.extend_from_slice(&rest);
-                }
+                let mut rest = Vec::new();
+                self.out_frames += outbox.take(&mut rest);
+                self.out.extend_from_slice(&rest);
             }
             self.queue_close(reason.code, reason.reason);
         }
