@@ -1,5 +1,6 @@
 //! The scenarios: open connections, subscribe, publish, receive, and turn it into figures.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use tokio::sync::Semaphore;
 use crate::publish::{now_micros, Plan, PublisherThread};
 use crate::report::{percentile, Better, Outcome};
 use crate::target::{Sample, Target};
-use crate::ws::{find, number_after, WsClient, OP_TEXT};
+use crate::ws::{find, number_after, BlockingWs, WsClient, OP_TEXT};
 
 /// How long one connection (TCP, handshake, bootstrap, first frame) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -375,32 +376,19 @@ pub async fn latency(
 /// `subscribe`: one connection subscribes `rooms` rooms, `window` requests in flight (answers
 /// come in request order, as clients match them).
 pub async fn subscribe_many(ctx: &Ctx, rooms: usize, window: usize) -> anyhow::Result<Outcome> {
-    let mut client = ctx
+    let client = ctx
         .open(0, None)
         .await
         .map_err(|e| anyhow::anyhow!("connection: {e}"))?;
+    // One subscribe at a time, the generator's cost per round trip is in every round trip:
+    // the measured loop runs on a blocking socket (a write and a read per subscribe, no event
+    // loop wake-up, no timer per answer). It blocks this thread, which is fine: the runtime is
+    // single-threaded (main.rs), the fake backend runs on its own thread and runtime, and this
+    // scenario has no publisher, so nothing else needs to run here meanwhile.
+    let mut client = client.into_blocking(ctx.timeout)?;
     let start = Sample::take(&ctx.target);
     let t0 = Instant::now();
-    let (mut sent, mut answered, mut refused) = (0usize, 0usize, 0u64);
-    let mut batch = Vec::new();
-    while answered < rooms {
-        batch.clear();
-        while sent < rooms && sent - answered < window.max(1) {
-            let message = format!(
-                r#"{{"type":"subscribe","room":{{"target":"bench","room":"s{sent}"}},"requestId":"s{sent}"}}"#
-            );
-            batch.push(message);
-            sent += 1;
-        }
-        for message in &batch {
-            client.send_text(message.as_bytes()).await?;
-        }
-        let answer = tokio::time::timeout(ctx.timeout, client.next_text()).await??;
-        if find(answer, b"success").is_none() {
-            refused += 1;
-        }
-        answered += 1;
-    }
+    let refused = subscribe_loop(&mut client, rooms, window)?;
     let elapsed = t0.elapsed().as_secs_f64();
     let end = Sample::take(&ctx.target);
     let mut out = Outcome::default();
@@ -411,10 +399,74 @@ pub async fn subscribe_many(ctx: &Ctx, rooms: usize, window: usize) -> anyhow::R
     Ok(out)
 }
 
+/// The measured loop of `subscribe`: `window` subscribes in flight, the next one sent as each
+/// answer arrives. Returns how many were refused.
+fn subscribe_loop(client: &mut BlockingWs, rooms: usize, window: usize) -> io::Result<u64> {
+    let window = window.max(1);
+    let mut message = Vec::with_capacity(128);
+    let (mut sent, mut refused) = (0usize, 0u64);
+    for answered in 0..rooms {
+        // A blocking write cannot deadlock here: at most `window` small frames are unanswered.
+        while sent < rooms && sent - answered < window {
+            subscribe_message(&mut message, sent);
+            client.send_text(&message)?;
+            sent += 1;
+        }
+        let answer = client.next_text()?;
+        if find(answer, b"success").is_none() {
+            refused += 1;
+        }
+    }
+    Ok(refused)
+}
+
+/// Writes subscribe `n` (room and request id `s{n}`) into `buf`, reused from one message to
+/// the next.
+fn subscribe_message(buf: &mut Vec<u8>, n: usize) {
+    buf.clear();
+    buf.extend_from_slice(br#"{"type":"subscribe","room":{"target":"bench","room":"s"#);
+    push_decimal(buf, n);
+    buf.extend_from_slice(br#""},"requestId":"s"#);
+    push_decimal(buf, n);
+    buf.extend_from_slice(br#""}"#);
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(buf: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
 fn add_cpu(out: &mut Outcome, start: &Sample, end: &Sample) {
     let (server, own) = start.shares(end);
     if let Some(server) = server {
         out.add("server CPU", server, " %", Better::Neither);
     }
     out.add("ht-bench CPU", own, " %", Better::Neither);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_messages_are_the_same_text_as_before() {
+        let mut buf = Vec::new();
+        for n in [0, 7, 10, 9_999, 123_456_789, usize::MAX] {
+            subscribe_message(&mut buf, n);
+            let expected = format!(
+                r#"{{"type":"subscribe","room":{{"target":"bench","room":"s{n}"}},"requestId":"s{n}"}}"#
+            );
+            assert_eq!(String::from_utf8_lossy(&buf), expected);
+        }
+    }
 }
