@@ -211,10 +211,20 @@ impl fmt::Display for Room {
 
 /// A room value's canonical JSON text, after the checks every room member passes.
 fn value_text(key: &str, value: &Value, limits: &RoomLimits) -> Result<Box<str>, RoomError> {
-    if !is_scalar(value) {
-        return Err(RoomError::NotScalar(key.to_string()));
-    }
-    let text = value.to_string();
+    // As `value.to_string()` writes it, without the formatter's small writes into a string
+    // that grows as it goes.
+    let text = match value {
+        Value::String(s) => {
+            let mut text = String::with_capacity(s.len() + 2);
+            push_json_string(&mut text, s);
+            text
+        }
+        Value::Number(n) => n.to_string(),
+        Value::Bool(true) => "true".to_string(),
+        Value::Bool(false) => "false".to_string(),
+        Value::Null => "null".to_string(),
+        Value::Array(_) | Value::Object(_) => return Err(RoomError::NotScalar(key.to_string())),
+    };
     if key.len() > limits.max_len || text.len() > limits.max_len.saturating_add(2) {
         return Err(RoomError::TooLong(limits.max_len));
     }
@@ -230,13 +240,6 @@ fn push_json_string(out: &mut String, text: &str) {
     } else {
         out.push_str(&Value::from(text).to_string());
     }
-}
-
-fn is_scalar(value: &Value) -> bool {
-    matches!(
-        value,
-        Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null
-    )
 }
 
 /// The rooms a connection may subscribe to, as the backend gave them.
