@@ -6,6 +6,13 @@ use clap::Parser;
 use high_templar::config::{Cli, Config};
 use high_templar::Server;
 
+/// mimalloc rather than glibc's allocator: a trigger's frames are allocated on the thread that
+/// publishes and freed on the connections' threads, which glibc handles with arena locks and
+/// consolidation (7.7 % of the server's CPU in the `rooms` benchmark). `rooms` 10k x 10, four
+/// alternating runs each: 78/80/73/75k msgs/s with glibc, 84/89/79/88k with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
