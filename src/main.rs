@@ -10,9 +10,10 @@ use high_templar::Server;
 /// publishes and freed on the connections' threads, which glibc handles with arena locks and
 /// consolidation (7.7 % of the server's CPU in the `rooms` benchmark). `rooms` 10k x 10, four
 /// alternating runs each: 78/80/73/75k msgs/s with glibc, 84/89/79/88k with mimalloc.
-/// Built without transparent huge pages (`no_thp`): with them a small node's RSS grew by
-/// ~10 MiB (2,000 connections: 28.4 MiB, 18.6 MiB without), for no throughput difference
-/// beyond noise.
+/// It asks for transparent huge pages, which costs ~10 MiB of RSS from the start (2,000
+/// connections: 28.4 MiB, 18.6 MiB without) and is worth it: fan-out 10k x 100, three
+/// alternating runs, 694/698/748k msgs/s with them, 521/560/572k without.
+/// `MIMALLOC_ALLOW_THP=0` in the environment trades the one for the other.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
