@@ -44,6 +44,39 @@ pub fn unsubscribed(request_id: &str) -> String {
     json!({"type": "unsubscribed", "requestId": request_id}).to_string()
 }
 
+/// The `Visitor` methods for JSON's scalars (and, with `str`, strings), each answering
+/// `$value`: for visitors that care about one kind of value and read every other as one thing.
+macro_rules! scalars_read_as {
+    ($value:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+    ($value:expr, str) => {
+        scalars_read_as!($value);
+
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 /// One parsed client text frame.
 #[derive(Debug, PartialEq)]
 pub enum ClientMessage {
@@ -151,29 +184,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
         SkipVisitor.visit_seq(seq).map(|_| FrameInput::NotAnObject)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<FrameInput<'de>, E> {
-        Ok(FrameInput::NotAnObject)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<FrameInput<'de>, E> {
-        Ok(FrameInput::NotAnObject)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<FrameInput<'de>, E> {
-        Ok(FrameInput::NotAnObject)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<FrameInput<'de>, E> {
-        Ok(FrameInput::NotAnObject)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<FrameInput<'de>, E> {
-        Ok(FrameInput::NotAnObject)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<FrameInput<'de>, E> {
-        Ok(FrameInput::NotAnObject)
-    }
+    scalars_read_as!(FrameInput::NotAnObject, str);
 }
 
 /// The keys of a client frame that mean something.
@@ -229,25 +240,7 @@ impl<'de> Deserialize<'de> for MaybeStr<'de> {
                 Ok(MaybeStr(Some(Cow::Owned(s.to_string()))))
             }
 
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeStr<'de>, E> {
-                Ok(MaybeStr(None))
-            }
-
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeStr<'de>, E> {
-                Ok(MaybeStr(None))
-            }
-
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeStr<'de>, E> {
-                Ok(MaybeStr(None))
-            }
-
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeStr<'de>, E> {
-                Ok(MaybeStr(None))
-            }
-
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeStr<'de>, E> {
-                Ok(MaybeStr(None))
-            }
+            scalars_read_as!(MaybeStr(None));
 
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<MaybeStr<'de>, A::Error> {
                 SkipVisitor.visit_seq(seq).map(|_| MaybeStr(None))
@@ -280,29 +273,7 @@ impl<'de> Visitor<'de> for SkipVisitor {
         f.write_str("any value")
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
-        Ok(Skip)
-    }
+    scalars_read_as!(Skip, str);
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
         while seq.next_element::<Skip>()?.is_some() {}
@@ -386,29 +357,7 @@ impl<'de> Visitor<'de> for RoomInputVisitor {
         SkipVisitor.visit_seq(seq).map(|_| RoomInput::NotAnObject)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RoomInput, E> {
-        Ok(RoomInput::NotAnObject)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RoomInput, E> {
-        Ok(RoomInput::NotAnObject)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RoomInput, E> {
-        Ok(RoomInput::NotAnObject)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RoomInput, E> {
-        Ok(RoomInput::NotAnObject)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<RoomInput, E> {
-        Ok(RoomInput::NotAnObject)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<RoomInput, E> {
-        Ok(RoomInput::NotAnObject)
-    }
+    scalars_read_as!(RoomInput::NotAnObject, str);
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
