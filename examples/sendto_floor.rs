@@ -272,8 +272,16 @@ fn pingpong(rounds: usize) -> std::io::Result<()> {
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let num =
-        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    // Every size is a count above 0 (an empty round has no percentiles); a typo is an error,
+    // not a silent default.
+    let num = |i: usize, default: usize| match args.get(i).map(|a| (a, a.parse::<usize>())) {
+        None => default,
+        Some((_, Ok(v))) if v > 0 => v,
+        Some((a, _)) => {
+            eprintln!("argument {i} ({a:?}): expected a whole number above 0");
+            std::process::exit(2)
+        }
+    };
     match args.first().map(String::as_str) {
         Some("stream") => stream(num(1, 10_000), num(2, 5) as u64),
         Some("pingpong") => pingpong(num(1, 20_000)),
