@@ -253,7 +253,7 @@ impl Hub {
             for subscriber in entry.subscribers.values() {
                 if subscriber
                     .outbox
-                    .try_publish(trigger.frame_parts(&subscriber.request_id_json))
+                    .try_publish(&trigger.publish(&subscriber.request_id_json, false))
                 {
                     delivered += 1;
                 }
@@ -314,7 +314,10 @@ mod tests {
     }
 
     fn client() -> Client {
-        let outbox = Outbox::new(16, Arc::new(Stats::new()));
+        let outbox = Outbox::new(
+            crate::outbox::QueueBound::frames(16),
+            Arc::new(Stats::new()),
+        );
         Client { outbox }
     }
 
@@ -326,10 +329,11 @@ mod tests {
             }
         }
         fn received(&mut self) -> Vec<String> {
-            let mut bytes = Vec::new();
-            self.outbox.take(&mut bytes);
+            let mut wire = crate::outbox::Wire::default();
+            self.outbox.take(&mut wire);
+            self.outbox.written();
             let mut out = Vec::new();
-            for (_, payload) in crate::ws::server_frames(&bytes) {
+            for (_, payload) in crate::ws::server_frames(&wire.to_vec()) {
                 let v: Value = serde_json::from_slice(&payload).expect("json");
                 out.push(v["requestId"].as_str().expect("rid").to_string());
             }

@@ -6,15 +6,18 @@
 //! socket allows — whatever queued up while it was busy leaves in one write. No frame is an
 //! allocation of its own, and an idle connection holds no buffer at all.
 //!
-//! The queue is bounded in frames: a client that cannot keep up is disconnected (close 1013,
-//! "try again later") and counted, rather than buffered without bound.
+//! The queue is bounded in frames and in bytes: a client that cannot keep up is disconnected
+//! (close 1013, "try again later") and counted, rather than buffered without bound.
 //!
 //! The outbox is also how anyone reaches the connection's task: a close request, a websocket
 //! ping or a due re-authorisation sets a flag here and wakes it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Context;
+
+use bytes::Bytes;
 
 use futures_util::task::AtomicWaker;
 
@@ -46,11 +49,89 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+/// Payloads longer than this are not copied into each subscriber's queue: the queue holds a
+/// reference to the trigger's one copy. Below it a copy is cheaper than the bookkeeping (and
+/// keeps a burst of small frames one contiguous write); above it the copies are what a
+/// node's memory goes to (1 MiB triggers to 1,000 subscribers: 1 GiB copied vs 1 MiB shared).
+pub const SHARE_ABOVE: usize = 16 * 1024;
+
+/// Bytes on their way to the socket: one buffer, with large shared payloads spliced in.
+#[derive(Default)]
+pub struct Wire {
+    bytes: Vec<u8>,
+    /// `(at, payload)`, in order of `at`: `payload` goes on the wire right before `bytes[at..]`.
+    shared: Vec<(usize, Bytes)>,
+    shared_len: usize,
+}
+
+impl Wire {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.shared_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer, to append frames to.
+    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    /// Appends `other` after what is here.
+    pub fn append(&mut self, other: Wire) {
+        let base = self.bytes.len();
+        self.shared
+            .extend(other.shared.into_iter().map(|(at, p)| (base + at, p)));
+        self.shared_len += other.shared_len;
+        self.bytes.extend_from_slice(&other.bytes);
+    }
+
+    /// The bytes from wire position `from` on, as up to `slices.len()` slices (at least one);
+    /// returns how many were filled.
+    pub fn slices<'a>(&'a self, from: usize, slices: &mut [IoSlice<'a>]) -> usize {
+        if self.shared.is_empty() {
+            slices[0] = IoSlice::new(&self.bytes[from.min(self.bytes.len())..]);
+            return 1;
+        }
+        let mut filled = 0;
+        let mut pos = 0; // wire position of the next piece
+        let mut push = |piece: &'a [u8]| {
+            let end = pos + piece.len();
+            if end > from && filled < slices.len() {
+                slices[filled] = IoSlice::new(&piece[from.saturating_sub(pos)..]);
+                filled += 1;
+            }
+            pos = end;
+        };
+        let mut at = 0; // index into `bytes` of the next piece
+        for (splice, payload) in &self.shared {
+            push(&self.bytes[at..*splice]);
+            push(payload);
+            at = *splice;
+        }
+        push(&self.bytes[at..]);
+        filled
+    }
+
+    /// Everything as one buffer (tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut slices = vec![IoSlice::new(&[]); 2 * self.shared.len() + 1];
+        let n = self.slices(0, &mut slices);
+        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     /// Encoded frames, oldest first.
-    bytes: Vec<u8>,
+    wire: Wire,
     frames: usize,
+    /// Subscriptions with positions whose publishes were dropped since the last take: their
+    /// requestId (JSON) and the newest position lost. Their gap notices go out with the next
+    /// take, and nothing more of theirs is queued before that.
+    gaps: Vec<(Arc<str>, u64)>,
 }
 
 /// A fan-out touches one `Inner` per subscriber, each in a different place in memory: the
@@ -62,7 +143,10 @@ struct Inner {
     /// `is_cancelled` (3.6 % of all samples in a 10k-subscriber fan-out profile).
     closing: AtomicBool,
     pending: Mutex<Pending>,
-    capacity: usize,
+    bound: QueueBound,
+    /// Bytes the connection took and has not finished writing: they count against the byte
+    /// bound too, so a stalled client holds at most the bound, not the bound twice.
+    unwritten: AtomicUsize,
     /// The connection's task, woken when the queue goes from empty to non-empty or a flag is
     /// set. An `AtomicWaker`: the task is the only waiter, and a `Notify` took a lock shared by
     /// the publishing thread and the task on every wakeup (rooms: 82k -> 64k msgs/s).
@@ -82,6 +166,37 @@ struct Inner {
 /// with the frames the connection takes.
 const FIRST_ALLOCATION: usize = 1024;
 
+/// How much one connection's queue may hold before its client counts as too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    pub frames: usize,
+    /// Wire bytes. A frame always fits into an empty queue, so a payload larger than this
+    /// still reaches a client that reads.
+    pub bytes: usize,
+}
+
+impl QueueBound {
+    /// A bound in frames only (tests, tools).
+    pub fn frames(frames: usize) -> QueueBound {
+        QueueBound {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// One subscription's publish frame: the trigger's shared prefix
+/// ([`Trigger::frame_prefix`](crate::protocol::Trigger::frame_prefix)), the subscription's
+/// requestId, and the trigger's position for a subscription with positions.
+pub struct Publish<'a> {
+    pub prefix: &'a Bytes,
+    pub request_id_json: &'a Arc<str>,
+    pub position: Option<u64>,
+}
+
+/// The queue had no room.
+struct Full;
+
 /// Cheap to clone; every clone feeds the same connection.
 #[derive(Clone)]
 pub struct Outbox {
@@ -95,12 +210,16 @@ fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
 }
 
 impl Outbox {
-    /// A queue holding up to `capacity` frames.
-    pub fn new(capacity: usize, stats: Arc<Stats>) -> Outbox {
+    /// A queue holding up to `bound`.
+    pub fn new(bound: QueueBound, stats: Arc<Stats>) -> Outbox {
         Outbox {
             inner: Arc::new(Inner {
                 pending: Mutex::new(Pending::default()),
-                capacity: capacity.max(1),
+                bound: QueueBound {
+                    frames: bound.frames.max(1),
+                    bytes: bound.bytes,
+                },
+                unwritten: AtomicUsize::new(0),
                 waker: AtomicWaker::new(),
                 closing: AtomicBool::new(false),
                 reason: OnceLock::new(),
@@ -112,20 +231,32 @@ impl Outbox {
         }
     }
 
+    /// Whether `pending` can take a frame of `payload` more bytes.
+    fn has_room(&self, pending: &Pending, payload: usize) -> bool {
+        if pending.frames == 0 {
+            return true; // a frame always fits into an empty queue
+        }
+        let bound = &self.inner.bound;
+        let queued = pending.wire.len() + self.inner.unwritten.load(Ordering::Relaxed);
+        let size = ws::header_len(payload) + payload;
+        pending.frames < bound.frames && queued.saturating_add(size) <= bound.bytes
+    }
+
     /// Appends one frame made of `parts`; `bounded` refuses it when the queue is full. The
     /// task is woken by the first frame unless `from_task`: the connection's task queues its
     /// own answers while handling input and writes them out right after, and waking a running
     /// task costs a second poll and, often, a wakeup of an idle worker thread.
     fn push(&self, op: u8, parts: &[&[u8]], bounded: bool, from_task: bool) -> bool {
         let mut pending = lock(&self.inner.pending);
-        if bounded && pending.frames >= self.inner.capacity {
+        if bounded && !self.has_room(&pending, parts.iter().map(|p| p.len()).sum()) {
             return false;
         }
         let was_empty = pending.frames == 0;
-        if pending.bytes.capacity() == 0 {
-            pending.bytes.reserve(FIRST_ALLOCATION);
+        let bytes = pending.wire.bytes_mut();
+        if bytes.capacity() == 0 {
+            bytes.reserve(FIRST_ALLOCATION);
         }
-        ws::put_frame(&mut pending.bytes, op, parts);
+        ws::put_frame(bytes, op, parts);
         pending.frames += 1;
         drop(pending);
         // Only the first frame wakes the task: it takes everything queued when it runs.
@@ -135,25 +266,93 @@ impl Outbox {
         true
     }
 
-    /// Queues a publish frame made of `parts` ([`Trigger::frame_parts`]) without waiting.
-    /// Returns whether it was queued; a full queue disconnects the client as too slow. The
-    /// caller counts queued frames in `ws_messages_send_queued`, once per fan-out: one shared
-    /// counter bumped per subscriber bounced its cache line between the cores on every frame.
-    ///
-    /// [`Trigger::frame_parts`]: crate::protocol::Trigger::frame_parts
-    pub fn try_publish(&self, parts: [&str; 3]) -> bool {
+    /// Appends a publish frame, its prefix shared rather than copied when it is large. A
+    /// subscription waiting for its gap notice gets nothing before it.
+    fn push_publish(&self, frame: &Publish<'_>, from_task: bool) -> Result<(), Full> {
+        let mut digits = itoa::Buffer::new();
+        let mut tail_buf = [0u8; 32];
+        let tail: &[u8] = match frame.position {
+            None => b"}",
+            Some(position) => {
+                let digits = digits.format(position).as_bytes();
+                let head = br#","offset":"#;
+                let end = head.len() + digits.len();
+                tail_buf[..head.len()].copy_from_slice(head);
+                tail_buf[head.len()..end].copy_from_slice(digits);
+                tail_buf[end] = b'}';
+                &tail_buf[..=end]
+            }
+        };
+        let rid = frame.request_id_json.as_bytes();
+        let len = frame.prefix.len() + rid.len() + tail.len();
+        let mut pending = lock(&self.inner.pending);
+        if let (Some(position), false) = (frame.position, pending.gaps.is_empty()) {
+            let rid = frame.request_id_json;
+            if let Some(gap) = pending.gaps.iter_mut().find(|(r, _)| **r == **rid) {
+                gap.1 = gap.1.max(position);
+                return Err(Full);
+            }
+        }
+        if !self.has_room(&pending, len) {
+            if let (Some(position), false) = (frame.position, from_task) {
+                pending.gaps.push((frame.request_id_json.clone(), position));
+            }
+            return Err(Full);
+        }
+        let was_empty = pending.frames == 0;
+        let wire = &mut pending.wire;
+        if frame.prefix.len() > SHARE_ABOVE {
+            ws::put_header(&mut wire.bytes, opcode::TEXT, len);
+            wire.shared.push((wire.bytes.len(), frame.prefix.clone()));
+            wire.shared_len += frame.prefix.len();
+            wire.bytes.extend_from_slice(rid);
+            wire.bytes.extend_from_slice(tail);
+        } else {
+            if wire.bytes.capacity() == 0 {
+                wire.bytes.reserve(FIRST_ALLOCATION);
+            }
+            ws::put_frame(&mut wire.bytes, opcode::TEXT, &[frame.prefix, rid, tail]);
+        }
+        pending.frames += 1;
+        drop(pending);
+        if was_empty && !from_task {
+            self.inner.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a publish frame without waiting; returns whether it was queued. When the queue
+    /// is full, a subscription without positions disconnects the client as too slow (1013);
+    /// one with positions loses the publish and gets a gap notice instead
+    /// (PROTOCOL.md section 7), and the connection stays open. The caller counts queued
+    /// frames in `ws_messages_send_queued`, once per fan-out: one shared counter bumped per
+    /// subscriber bounced its cache line between the cores on every frame.
+    pub fn try_publish(&self, frame: &Publish<'_>) -> bool {
         if self.is_closing() {
             return false;
         }
-        if self.push(opcode::TEXT, &parts.map(str::as_bytes), true, false) {
+        if self.push_publish(frame, false).is_ok() {
             return true;
         }
-        Stats::incr(&self.inner.stats.ws_messages_send_error);
-        if self.close(SLOW_CLIENT) {
-            Stats::incr(&self.inner.stats.slow_client_disconnects);
-            tracing::info!("outgoing queue full: disconnecting slow client");
+        let stats = &self.inner.stats;
+        match frame.position {
+            // Recorded for its gap notice by `push_publish`.
+            Some(_) => Stats::incr(&stats.gap_drops),
+            None => {
+                Stats::incr(&stats.ws_messages_send_error);
+                if self.close(SLOW_CLIENT) {
+                    Stats::incr(&stats.slow_client_disconnects);
+                    tracing::info!("outgoing queue full: disconnecting slow client");
+                }
+            }
         }
         false
+    }
+
+    /// Queues a replayed publish from the connection's own task if there is room; a full
+    /// queue leaves it for later (the replay goes on as the client reads), never a close.
+    pub fn push_replayed(&self, frame: &Publish<'_>) -> bool {
+        !self.is_closing() && self.push_publish(frame, true).is_ok()
     }
 
     /// Queues an answer to the client's own request, from the connection's task (no wakeup:
@@ -170,12 +369,34 @@ impl Outbox {
         self.push(op, &[payload], true, from_task);
     }
 
-    /// Moves every queued frame into the empty `into`; returns how many frames moved.
-    pub fn take(&self, into: &mut Vec<u8>) -> usize {
+    /// Moves every queued frame into the empty `into`, gap notices last; returns how many
+    /// frames moved. They count against the byte bound until [`Outbox::written`].
+    pub fn take(&self, into: &mut Wire) -> usize {
         debug_assert!(into.is_empty());
         let mut pending = lock(&self.inner.pending);
-        std::mem::swap(&mut pending.bytes, into);
-        std::mem::take(&mut pending.frames)
+        std::mem::swap(&mut pending.wire, into);
+        let mut frames = std::mem::take(&mut pending.frames);
+        if !pending.gaps.is_empty() {
+            let gaps = std::mem::take(&mut pending.gaps);
+            drop(pending);
+            Stats::add(&self.inner.stats.gap_notices, gaps.len() as u64);
+            for (rid, position) in &gaps {
+                let notice = crate::protocol::gap(rid, *position);
+                ws::put_frame(into.bytes_mut(), opcode::TEXT, &[notice.as_bytes()]);
+            }
+            frames += gaps.len();
+        }
+        if !into.is_empty() {
+            self.inner.unwritten.store(into.len(), Ordering::Relaxed);
+        }
+        frames
+    }
+
+    /// The bytes of the last [`Outbox::take`] are all written.
+    pub fn written(&self) {
+        if self.inner.unwritten.load(Ordering::Relaxed) != 0 {
+            self.inner.unwritten.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Drops every queued frame (a slow client's backlog).
@@ -245,27 +466,47 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        crate::ws::server_frames(bytes)
+    fn frames(wire: &Wire) -> Vec<(u8, Vec<u8>)> {
+        crate::ws::server_frames(&wire.to_vec())
+    }
+
+    fn texts(outbox: &Outbox) -> Vec<String> {
+        let mut wire = Wire::default();
+        outbox.take(&mut wire);
+        outbox.written();
+        frames(&wire)
+            .into_iter()
+            .map(|(_, p)| String::from_utf8(p).expect("utf-8"))
+            .collect()
+    }
+
+    fn publish(outbox: &Outbox, prefix: &str, rid: &str, position: Option<u64>) -> bool {
+        let prefix = Bytes::from(prefix.to_string());
+        let rid: Arc<str> = format!("{rid:?}").into();
+        outbox.try_publish(&Publish {
+            prefix: &prefix,
+            request_id_json: &rid,
+            position,
+        })
     }
 
     #[test]
     fn frames_queue_in_order_and_leave_in_one_take() {
-        let outbox = Outbox::new(3, Arc::new(Stats::new()));
-        assert!(outbox.try_publish([r#"{"a":"#, r#""r1""#, "}"]));
+        let outbox = Outbox::new(QueueBound::frames(3), Arc::new(Stats::new()));
+        assert!(publish(&outbox, r#"{"a":"#, "r1", None));
         outbox.push_reply("answer");
         outbox.push_control(opcode::PING, b"", false);
-        let mut bytes = Vec::new();
-        assert_eq!(outbox.take(&mut bytes), 3);
+        let mut wire = Wire::default();
+        assert_eq!(outbox.take(&mut wire), 3);
         assert_eq!(
-            frames(&bytes),
+            frames(&wire),
             vec![
                 (opcode::TEXT, br#"{"a":"r1"}"#.to_vec()),
                 (opcode::TEXT, b"answer".to_vec()),
                 (opcode::PING, Vec::new()),
             ]
         );
-        let mut again = Vec::new();
+        let mut again = Wire::default();
         assert_eq!(outbox.take(&mut again), 0);
         assert!(again.is_empty());
     }
@@ -273,12 +514,12 @@ mod tests {
     #[test]
     fn a_full_queue_closes_the_client_as_slow() {
         let stats = Arc::new(Stats::new());
-        let outbox = Outbox::new(2, stats.clone());
-        assert!(outbox.try_publish(["{", "1", "}"]));
-        assert!(outbox.try_publish(["{", "2", "}"]));
-        assert!(!outbox.try_publish(["{", "3", "}"]));
+        let outbox = Outbox::new(QueueBound::frames(2), stats.clone());
+        assert!(publish(&outbox, "{", "1", None));
+        assert!(publish(&outbox, "{", "2", None));
+        assert!(!publish(&outbox, "{", "3", None));
         assert_eq!(outbox.close_reason(), Some(SLOW_CLIENT));
-        assert!(!outbox.try_publish(["{", "4", "}"]));
+        assert!(!publish(&outbox, "{", "4", None));
         assert_eq!(stats.slow_client_disconnects.load(Ordering::Relaxed), 1);
         // The first reason stays.
         assert!(!outbox.close(CloseReason {
@@ -286,5 +527,133 @@ mod tests {
             reason: "x"
         }));
         assert_eq!(outbox.close_reason(), Some(SLOW_CLIENT));
+    }
+
+    #[test]
+    fn the_byte_bound_binds_but_one_frame_always_fits() {
+        let big = "x".repeat(3000);
+        let bound = QueueBound {
+            frames: 100,
+            bytes: 4096,
+        };
+        let outbox = Outbox::new(bound, Arc::new(Stats::new()));
+        // Larger than the bound, into an empty queue: it goes.
+        assert!(publish(&outbox, &"y".repeat(10_000), "r", None));
+        assert_eq!(texts(&outbox).len(), 1);
+        assert!(publish(&outbox, &big, "r", None));
+        assert!(!publish(&outbox, &big, "r", None));
+        assert_eq!(outbox.close_reason(), Some(SLOW_CLIENT));
+    }
+
+    #[test]
+    fn bytes_taken_and_not_yet_written_count_against_the_bound() {
+        let big = "x".repeat(3000);
+        let bound = QueueBound {
+            frames: 100,
+            bytes: 8192,
+        };
+        let outbox = Outbox::new(bound, Arc::new(Stats::new()));
+        assert!(publish(&outbox, &big, "r", None));
+        assert!(publish(&outbox, &big, "r", None));
+        outbox.take(&mut Wire::default());
+        assert!(publish(&outbox, &big, "r", None));
+        // 6 KB unwritten + 3 KB queued + 3 KB more > 8 KiB.
+        assert!(!publish(&outbox, &big, "r", None));
+        let again = Outbox::new(bound, Arc::new(Stats::new()));
+        assert!(publish(&again, &big, "r", None));
+        assert!(publish(&again, &big, "r", None));
+        again.take(&mut Wire::default());
+        again.written();
+        assert!(publish(&again, &big, "r", None));
+        assert!(publish(&again, &big, "r", None));
+    }
+
+    #[test]
+    fn large_payloads_are_shared_not_copied_and_go_out_whole() {
+        let outbox = Outbox::new(QueueBound::frames(10), Arc::new(Stats::new()));
+        let data = "z".repeat(SHARE_ABOVE + 1);
+        let prefix = Bytes::from(format!(r#"{{"data":"{data}","requestId":"#));
+        let rid: Arc<str> = r#""r1""#.into();
+        for position in [None, Some(7)] {
+            let frame = Publish {
+                prefix: &prefix,
+                request_id_json: &rid,
+                position,
+            };
+            assert!(outbox.try_publish(&frame));
+        }
+        outbox.push_reply("after");
+        let mut wire = Wire::default();
+        outbox.take(&mut wire);
+        assert_eq!(wire.shared.len(), 2);
+        assert!(wire.bytes.len() < 100, "the payload was copied");
+        let got: Vec<String> = frames(&wire)
+            .into_iter()
+            .map(|(_, p)| String::from_utf8(p).expect("utf-8"))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                format!(r#"{{"data":"{data}","requestId":"r1"}}"#),
+                format!(r#"{{"data":"{data}","requestId":"r1","offset":7}}"#),
+                "after".to_string(),
+            ]
+        );
+        // Written from any position, in pieces.
+        let whole = wire.to_vec();
+        for from in [0, 1, 4, 5, whole.len() / 2, whole.len() - 1] {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let n = wire.slices(from, &mut slices);
+            let rest: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(rest, whole[from..], "from {from}");
+        }
+    }
+
+    #[test]
+    fn subscriptions_with_positions_get_a_gap_notice_instead_of_a_close() {
+        let stats = Arc::new(Stats::new());
+        let outbox = Outbox::new(QueueBound::frames(2), stats.clone());
+        assert!(publish(&outbox, r#"{"p":"#, "a", Some(1)));
+        assert!(publish(&outbox, r#"{"p":"#, "b", Some(2)));
+        assert!(!publish(&outbox, r#"{"p":"#, "a", Some(3)));
+        assert!(!publish(&outbox, r#"{"p":"#, "b", Some(4)));
+        assert!(!publish(&outbox, r#"{"p":"#, "a", Some(5)));
+        assert!(!outbox.is_closing());
+        assert_eq!(
+            texts(&outbox),
+            vec![
+                r#"{"p":"a","offset":1}"#,
+                r#"{"p":"b","offset":2}"#,
+                r#"{"type":"gap","requestId":"a","offset":5}"#,
+                r#"{"type":"gap","requestId":"b","offset":4}"#,
+            ]
+        );
+        assert_eq!(stats.gap_notices.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.gap_drops.load(Ordering::Relaxed), 3);
+        // After the notice, publishes flow again.
+        assert!(publish(&outbox, r#"{"p":"#, "a", Some(6)));
+        assert_eq!(texts(&outbox), vec![r#"{"p":"a","offset":6}"#]);
+        // A plain subscription on the same connection still closes it when it loses one.
+        assert!(publish(&outbox, "{", "c", None));
+        assert!(publish(&outbox, "{", "c", None));
+        assert!(!publish(&outbox, "{", "c", None));
+        assert_eq!(outbox.close_reason(), Some(SLOW_CLIENT));
+    }
+
+    #[test]
+    fn replayed_publishes_wait_for_room_and_never_close() {
+        let outbox = Outbox::new(QueueBound::frames(1), Arc::new(Stats::new()));
+        let prefix = Bytes::from_static(br#"{"p":"#);
+        let rid: Arc<str> = r#""a""#.into();
+        let frame = |position| Publish {
+            prefix: &prefix,
+            request_id_json: &rid,
+            position: Some(position),
+        };
+        assert!(outbox.push_replayed(&frame(1)));
+        assert!(!outbox.push_replayed(&frame(2)));
+        assert!(!outbox.is_closing());
+        assert_eq!(texts(&outbox), vec![r#"{"p":"a","offset":1}"#]);
+        assert!(outbox.push_replayed(&frame(2)));
     }
 }

@@ -4,12 +4,16 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::outbox::Publish;
 use crate::room::{Room, RoomError, RoomLimits};
 
 /// Answers that never vary: built once, sent as they are.
@@ -32,6 +36,12 @@ pub mod answer {
 /// The two errors that carry the connection's own id as `requestId`.
 pub fn connection_error(connection_id: &str, message: &str) -> String {
     json!({"requestId": connection_id, "code": "error", "message": message}).to_string()
+}
+
+/// A gap notice (PROTOCOL.md section 7): the subscription `request_id_json` (already a JSON
+/// string) lost publishes up to `position` because its connection fell behind.
+pub fn gap(request_id_json: &str, position: u64) -> String {
+    format!(r#"{{"type":"gap","requestId":{request_id_json},"offset":{position}}}"#)
 }
 
 /// The first frame of an authorised connection.
@@ -311,7 +321,9 @@ pub struct Trigger {
     pub rooms: Vec<Room>,
     /// `{"type":"publish","data":<data>,"requestId":` — the data is serialized once here and
     /// shared by every subscriber, who only adds its own requestId and the closing brace.
-    pub frame_prefix: String,
+    pub frame_prefix: Bytes,
+    /// Where the node's sequence put it (PROTOCOL.md section 7); 0 until it is taken in.
+    pub position: u64,
 }
 
 #[derive(Deserialize)]
@@ -397,7 +409,8 @@ impl Trigger {
         frame_prefix.push_str(r#","requestId":"#);
         Ok(Trigger {
             rooms,
-            frame_prefix,
+            frame_prefix: Bytes::from(frame_prefix),
+            position: 0,
         })
     }
 
@@ -424,16 +437,21 @@ impl Trigger {
         }
     }
 
-    /// The publish frame for one subscription, as the pieces laid end to end on the wire (the
-    /// hub copies them straight into the connection's outbox); `request_id_json` is its
-    /// requestId already encoded as a JSON string.
-    pub fn frame_parts<'a>(&'a self, request_id_json: &'a str) -> [&'a str; 3] {
-        [&self.frame_prefix, request_id_json, "}"]
+    /// The publish frame for one subscription, as the outbox lays it on the wire: the shared
+    /// prefix, its requestId already encoded as a JSON string, and the trigger's position
+    /// when the subscription has positions.
+    pub fn publish<'a>(&'a self, request_id_json: &'a Arc<str>, positions: bool) -> Publish<'a> {
+        Publish {
+            prefix: &self.frame_prefix,
+            request_id_json,
+            position: positions.then_some(self.position),
+        }
     }
 
-    /// [`Trigger::frame_parts`] as one string.
+    /// The 3.1 publish frame for one subscription as one string (tests, tools).
     pub fn frame_for(&self, request_id_json: &str) -> String {
-        self.frame_parts(request_id_json).concat()
+        let prefix = std::str::from_utf8(&self.frame_prefix).unwrap_or_default();
+        format!("{prefix}{request_id_json}}}")
     }
 }
 

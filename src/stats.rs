@@ -67,6 +67,10 @@ pub struct Stats {
     pub triggers_api: AtomicU64,
     pub triggers_invalid: AtomicU64,
     pub slow_client_disconnects: AtomicU64,
+    /// Publishes dropped for subscriptions with positions whose connection fell behind.
+    pub gap_drops: AtomicU64,
+    /// Gap notices sent (one per subscription per time it fell behind).
+    pub gap_notices: AtomicU64,
     pub backend_errors: AtomicU64,
     pub refused_unauthorized: AtomicU64,
     pub refused_backend_unavailable: AtomicU64,
@@ -105,6 +109,8 @@ impl Stats {
             triggers_api: AtomicU64::new(0),
             triggers_invalid: AtomicU64::new(0),
             slow_client_disconnects: AtomicU64::new(0),
+            gap_drops: AtomicU64::new(0),
+            gap_notices: AtomicU64::new(0),
             backend_errors: AtomicU64::new(0),
             refused_unauthorized: AtomicU64::new(0),
             refused_backend_unavailable: AtomicU64::new(0),
@@ -183,6 +189,8 @@ impl Stats {
             },
             "triggers_invalid": Self::get(&self.triggers_invalid),
             "slow_client_disconnects": Self::get(&self.slow_client_disconnects),
+            "gap_drops": Self::get(&self.gap_drops),
+            "gap_notices": Self::get(&self.gap_notices),
             "backend_errors": Self::get(&self.backend_errors),
             "connections_refused": {
                 "unauthorized": Self::get(&self.refused_unauthorized),

@@ -220,14 +220,14 @@ mod tests {
     fn silence_gets_a_ping_then_a_close_and_idleness_a_close() {
         let stats = Stats::new();
         let registry = Registry::new(timers());
-        let quiet = Outbox::new(8, Arc::new(Stats::new()));
-        let talking = Outbox::new(8, Arc::new(Stats::new()));
+        let quiet = Outbox::new(crate::outbox::QueueBound::frames(8), Arc::new(Stats::new()));
+        let talking = Outbox::new(crate::outbox::QueueBound::frames(8), Arc::new(Stats::new()));
         let _a = registry.register(&quiet).expect("open");
         let _b = registry.register(&talking).expect("open");
         let start = now_ms();
         registry.sweep(start + 100, &stats);
-        let mut bytes = Vec::new();
-        assert_eq!(quiet.take(&mut bytes), 1, "a ping");
+        let mut wire = crate::outbox::Wire::default();
+        assert_eq!(quiet.take(&mut wire), 1, "a ping");
         talking.heard();
         talking.active(start + 150);
         registry.sweep(start + 200, &stats);
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn shutdown_closes_everyone_and_refuses_newcomers() {
         let registry = Registry::new(timers());
-        let outbox = Outbox::new(8, Arc::new(Stats::new()));
+        let outbox = Outbox::new(crate::outbox::QueueBound::frames(8), Arc::new(Stats::new()));
         let registration = registry.register(&outbox).expect("open");
         registry.close_all(SERVER_SHUTDOWN);
         assert_eq!(outbox.close_reason(), Some(SERVER_SHUTDOWN));

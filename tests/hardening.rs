@@ -126,10 +126,11 @@ async fn subscriptions_per_connection_are_capped() {
 }
 
 #[tokio::test]
-async fn flooding_clients_are_closed_with_1008() {
+async fn flooding_clients_are_closed_with_1008_when_the_operator_asks() {
     let (_b, server) = server_with(|c| {
         c.policy.messages_per_second = 1.0;
         c.policy.message_burst = 5;
+        c.policy.close_flooders = true;
     })
     .await;
     let mut client = Client::authorized(server.local_addr).await;

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
+use common::process::{self, free_port, spawn_listening};
 use common::*;
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite;
 
 /// How long the process may take to exit after the signal. The binary gives open connections
@@ -20,50 +20,6 @@ const EXIT_WITHIN: Duration = Duration::from_secs(15);
 
 /// Clients that answer the server's close frame, as browsers do.
 const CLIENTS: usize = 3;
-
-/// A free loopback port: bind port 0, read it, release it for the binary.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// Starts the binary on `port` in front of `backend`; it is killed if the test fails.
-fn spawn_binary(port: u16, backend: &TestBackend) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_high-templar"));
-    command
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--api-url", &backend.api_url()])
-        .args(["--trigger-token", TOKEN])
-        // Only warnings: the info log of every connection would clutter the test output.
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    // Settings from the developer's environment must not change what is tested.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("HT_") {
-            command.env_remove(name);
-        }
-    }
-    command.spawn().expect("start the binary")
-}
-
-/// Waits until the binary accepts connections.
-async fn wait_until_listening(child: &mut Child, port: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        if let Some(status) = child.try_wait().expect("child state") {
-            panic!("the binary exited before listening: {status}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the binary never listened on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn send_signal(child: &Child, signal: libc::c_int) {
     let pid = child.id().expect("the binary is running");
@@ -84,8 +40,7 @@ async fn wait_for_exit(child: &mut Child) -> ExitStatus {
 async fn signal_closes_with_1001_and_exits_0(signal: libc::c_int) {
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": [{"chat": "*"}]}))).await;
     let port = free_port();
-    let mut child = spawn_binary(port, &backend);
-    wait_until_listening(&mut child, port).await;
+    let mut child = spawn_listening(process::command(port, &backend, &[]), port).await;
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
 
     let mut clients = Vec::new();

@@ -94,6 +94,10 @@ pub struct Cli {
     #[arg(long, env = "HT_OUTGOING_QUEUE", value_name = "FRAMES")]
     pub outgoing_queue: Option<usize>,
 
+    /// Bytes queued per connection before a slow client is disconnected [default: 4194304]
+    #[arg(long, env = "HT_OUTGOING_QUEUE_BYTES", value_name = "BYTES")]
+    pub outgoing_queue_bytes: Option<usize>,
+
     /// Largest POST /trigger/ body in bytes [default: 1048576]
     #[arg(long, env = "HT_MAX_TRIGGER_BODY", value_name = "BYTES")]
     pub max_trigger_body: Option<usize>,

@@ -27,6 +27,7 @@ pub(super) struct FileConfig {
     pub(super) on_ping: Option<String>,
     pub(super) max_message_size: Option<usize>,
     pub(super) outgoing_queue: Option<usize>,
+    pub(super) outgoing_queue_bytes: Option<usize>,
     pub(super) max_trigger_body: Option<usize>,
     #[serde(default)]
     pub(super) limits: LimitsFile,

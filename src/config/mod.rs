@@ -27,6 +27,12 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// bytes a publish frame that is ~200 KiB at most per slow client, and 1024 absorbs a burst of
 /// 1024 triggers to one room faster than any client could read them.
 pub const DEFAULT_OUTGOING_QUEUE: usize = 1024;
+/// Bytes queued per connection before it counts as too slow (a frame always fits into an empty
+/// queue, so the largest trigger still reaches a client that reads). Ordinary frames hit the
+/// frame bound first (1,024 x ~200 B); this one binds for large payloads: four 1 MiB triggers
+/// behind, a client is dropped. Worst case for the node: stalled sockets x 4 MiB, e.g. 1 % of
+/// 19,000 sockets stalled under 1 MiB triggers at once = 190 x 4 MiB = 760 MiB.
+pub const DEFAULT_OUTGOING_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest `/trigger/` body: 1 MiB fits a batch of thousands of ordinary triggers.
 pub const DEFAULT_MAX_TRIGGER_BODY: usize = 1024 * 1024;
 /// Most triggers in one `/trigger/` batch.
@@ -133,6 +139,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// Per-connection outgoing queue length, in frames.
     pub outgoing_queue: usize,
+    /// Per-connection outgoing queue size, in bytes.
+    pub outgoing_queue_bytes: usize,
     pub max_trigger_body: usize,
     pub max_batch: usize,
     /// Origins, limits, liveness and TLS.
@@ -169,6 +177,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             outgoing_queue: DEFAULT_OUTGOING_QUEUE,
+            outgoing_queue_bytes: DEFAULT_OUTGOING_QUEUE_BYTES,
             max_trigger_body: DEFAULT_MAX_TRIGGER_BODY,
             max_batch: DEFAULT_MAX_BATCH,
             policy: Policy::default(),
@@ -311,6 +320,10 @@ impl Config {
                 .outgoing_queue
                 .or(file.outgoing_queue)
                 .unwrap_or(defaults.outgoing_queue),
+            outgoing_queue_bytes: cli
+                .outgoing_queue_bytes
+                .or(file.outgoing_queue_bytes)
+                .unwrap_or(defaults.outgoing_queue_bytes),
             max_trigger_body: cli
                 .max_trigger_body
                 .or(file.max_trigger_body)
@@ -346,6 +359,9 @@ impl Config {
         }
         if self.outgoing_queue == 0 {
             errors.push("outgoing_queue: must be at least 1".to_string());
+        }
+        if self.outgoing_queue_bytes < 1024 {
+            errors.push("outgoing_queue_bytes: must be at least 1024".to_string());
         }
         if self.max_trigger_body == 0 {
             errors.push("max_trigger_body: must be at least 1".to_string());

@@ -11,6 +11,7 @@
 //! task. While the socket cannot take more output, the client is not read: a client that
 //! sends requests without reading the answers slows only itself.
 
+mod budget;
 mod session;
 mod socket;
 
@@ -25,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::backend::{Bootstrap, ConnectRequest};
-use crate::outbox::{close_code, CloseReason, Outbox, SLOW_CLIENT};
+use crate::outbox::{close_code, CloseReason, Outbox, QueueBound, SLOW_CLIENT};
 use crate::protocol::{self, answer};
 use crate::room::AllowedRooms;
 use crate::server::Shared;
@@ -114,7 +115,8 @@ pub(crate) async fn run<G: Send>(
 /// is sent and the socket closed here).
 async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Shared>) -> Option<Open> {
     let stats = &shared.stats;
-    let mut socket = Socket::new(io, shared.config.max_message_size);
+    let budget = budget::Budget::new(&shared.config.policy);
+    let mut socket = Socket::new(io, shared.config.max_message_size, budget);
     let bootstrap = shared
         .gate
         .bootstrap(&*shared.backend, request, stats)
@@ -152,7 +154,13 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Shared>) -> Op
     };
     // The backend's own text is only needed for this frame; matching uses the parsed rooms.
     socket.queue_text(&protocol::authorized(&std::mem::take(&mut allowed.raw)));
-    let outbox = Outbox::new(shared.config.outgoing_queue, stats.clone());
+    let outbox = Outbox::new(
+        QueueBound {
+            frames: shared.config.outgoing_queue,
+            bytes: shared.config.outgoing_queue_bytes,
+        },
+        stats.clone(),
+    );
     let session = Session::new(shared.clone(), request.clone(), outbox, allowed);
     Some(Open { socket, session })
 }
@@ -209,7 +217,7 @@ async fn serve(socket: &mut Socket, session: &mut Session, stats: &Stats) -> Rea
                 // A full socket: the client is not read until it takes our output.
                 Poll::Pending => return Poll::Pending,
             }
-            let read = socket.poll_read(cx, &outbox, &mut |message| match message {
+            let read = socket.poll_read(cx, &outbox, stats, &mut |message| match message {
                 Incoming::Text(text) => session.on_text(text),
             });
             match read {

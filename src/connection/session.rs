@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::{spawn_hook, Hook, NOT_AUTHORIZED};
 use crate::backend::{BackendError, Bootstrap, ConnectRequest};
 use crate::hub::{Subscriber, SubscriptionId};
-use crate::outbox::{close_code, CloseReason, Outbox};
+use crate::outbox::Outbox;
 use crate::protocol::{self, answer, ClientMessage};
 use crate::room::{AllowedRooms, Room};
 use crate::server::Shared;
@@ -30,7 +29,6 @@ pub(super) struct Session {
     pub allowed: AllowedRooms,
     /// This connection's subscriptions by requestId.
     pub subscriptions: HashMap<String, (SubscriptionId, Room)>,
-    pub rate: TokenBucket,
     /// The backend call of a re-authorisation in progress. Boxed: it is rare and large, and
     /// inline it would sit in every idle connection's task.
     reauth: Option<Reauthorisation>,
@@ -43,15 +41,12 @@ impl Session {
         outbox: Outbox,
         allowed: AllowedRooms,
     ) -> Session {
-        let policy = &shared.config.policy;
-        let rate = TokenBucket::new(policy.messages_per_second, policy.message_burst);
         Session {
             shared,
             request,
             outbox,
             allowed,
             subscriptions: HashMap::new(),
-            rate,
             reauth: None,
         }
     }
@@ -61,14 +56,6 @@ impl Session {
         let stats = &self.shared.stats;
         Stats::incr(&stats.ws_messages_received);
         self.outbox.active(crate::sweeper::now_ms());
-        if !self.rate.take() {
-            Stats::incr(&stats.rate_limited);
-            self.outbox.close(CloseReason {
-                code: close_code::POLICY,
-                reason: "rate-limited",
-            });
-            return;
-        }
         let policy = &self.shared.config.policy;
         let message = ClientMessage::parse(text, &policy.room_limits);
         let status;
@@ -208,54 +195,5 @@ impl Session {
                 self.outbox.push_reply(&protocol::unsubscribed(&rid));
             }
         }
-    }
-}
-
-/// Client messages per connection, as a token bucket: `rate` tokens a second up to `burst`.
-pub(super) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(rate: f64, burst: u32) -> TokenBucket {
-        let burst = f64::from(burst);
-        TokenBucket {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token; false when the bucket is empty.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TokenBucket;
-
-    #[tokio::test(start_paused = true)]
-    async fn token_bucket_allows_bursts_then_the_rate() {
-        let mut bucket = TokenBucket::new(10.0, 5);
-        assert!((0..5).all(|_| bucket.take()));
-        assert!(!bucket.take());
-        tokio::time::advance(std::time::Duration::from_millis(100)).await;
-        assert!(bucket.take());
-        assert!(!bucket.take());
     }
 }

@@ -6,7 +6,7 @@
 //! holds no buffer of either kind.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -16,9 +16,20 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::outbox::{close_code, CloseReason, Outbox};
+use super::budget::{Budget, Verdict};
+use crate::outbox::{close_code, CloseReason, Outbox, Wire};
 use crate::stats::Stats;
 use crate::ws::{self, opcode, FrameError, Head};
+
+/// A client over its message budget, with `close_flooders` set.
+const RATE_LIMITED: CloseReason = CloseReason {
+    code: close_code::POLICY,
+    reason: "rate-limited",
+};
+
+/// Pieces handed to one vectored write: a queue with large shared payloads is written up to
+/// this many pieces (half of them payloads) per call.
+const MAX_SLICES: usize = 16;
 
 /// Bytes read from the socket per read call. Client frames are small (a subscribe is ~60
 /// bytes): one read usually holds several whole frames.
@@ -44,7 +55,7 @@ pub(super) enum ReadEnd {
 pub(super) struct Socket {
     io: Io,
     /// Bytes being written; `written` of them are out.
-    out: Vec<u8>,
+    out: Wire,
     out_frames: usize,
     written: usize,
     /// The start of a frame whose rest has not arrived yet.
@@ -52,28 +63,32 @@ pub(super) struct Socket {
     /// A fragmented message being collected: its opcode and payload so far.
     fragments: Option<(u8, Vec<u8>)>,
     max_message: usize,
+    /// Frames the client may send; over it, the rest of the input waits in `partial` and
+    /// the socket is not read.
+    budget: Budget,
 }
 
 impl Socket {
-    pub fn new(io: Io, max_message: usize) -> Socket {
+    pub fn new(io: Io, max_message: usize, budget: Budget) -> Socket {
         Socket {
             io,
-            out: Vec::new(),
+            out: Wire::default(),
             out_frames: 0,
             written: 0,
             partial: Vec::new(),
             fragments: None,
             max_message,
+            budget,
         }
     }
 
     /// Queues a text frame to go before anything from the outbox (the first answer).
     pub fn queue_text(&mut self, text: &str) {
-        ws::put_frame(&mut self.out, opcode::TEXT, &[text.as_bytes()]);
+        ws::put_frame(self.out.bytes_mut(), opcode::TEXT, &[text.as_bytes()]);
     }
 
     fn queue_close(&mut self, code: u16, reason: &str) {
-        ws::put_close(&mut self.out, code, reason);
+        ws::put_close(self.out.bytes_mut(), code, reason);
     }
 
     /// Writes what is queued here, then whatever the outbox holds, until both are empty
@@ -87,9 +102,12 @@ impl Socket {
         loop {
             if self.written == self.out.len() {
                 if !self.out.is_empty() {
+                    if let Some(outbox) = outbox {
+                        outbox.written();
+                    }
                     Stats::add(&stats.ws_messages_send, self.out_frames as u64);
                     // Given back rather than kept: most connections are idle most of the time.
-                    self.out = Vec::new();
+                    self.out = Wire::default();
                     self.written = 0;
                     self.out_frames = 0;
                 }
@@ -101,7 +119,15 @@ impl Socket {
                     return Pin::new(&mut self.io).poll_flush(cx);
                 }
             }
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+            // Large payloads are shared with other connections and sit between our bytes.
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let filled = self.out.slices(self.written, &mut slices);
+            let io = Pin::new(&mut self.io);
+            let n = if filled == 1 {
+                ready!(io.poll_write(cx, &slices[0]))?
+            } else {
+                ready!(io.poll_write_vectored(cx, &slices[..filled]))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -112,12 +138,24 @@ impl Socket {
     /// Reads what the socket has and handles every whole frame in it: messages go to
     /// `on_message`, pings are answered through `outbox`. `Ready(None)` after a read that
     /// ended no frame stream; `Pending` when nothing more can be read now.
+    /// While over its message budget the client is not read: `Pending` until the budget
+    /// refills, then the input left waiting is handled first.
     pub fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         outbox: &Outbox,
+        stats: &Stats,
         on_message: &mut dyn FnMut(Incoming<'_>),
     ) -> Poll<Option<ReadEnd>> {
+        if self.budget.is_waiting() {
+            ready!(self.budget.poll_refilled(cx));
+            if !self.partial.is_empty() {
+                let mut buf = std::mem::take(&mut self.partial);
+                let result = self.consume(&mut buf, outbox, stats, on_message);
+                self.keep_unused(buf, &result);
+                return Poll::Ready(result.err());
+            }
+        }
         // Not zeroed first: 4 KiB of memset on every read showed in the profiles.
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
@@ -132,7 +170,7 @@ impl Socket {
         let input = buf.filled_mut();
         outbox.heard();
         let result = if self.partial.is_empty() {
-            let result = self.consume(input, outbox, on_message);
+            let result = self.consume(input, outbox, stats, on_message);
             if let Ok(used) = result {
                 self.partial.extend_from_slice(&input[used..]);
             }
@@ -140,23 +178,31 @@ impl Socket {
         } else {
             let mut buf = std::mem::take(&mut self.partial);
             buf.extend_from_slice(input);
-            let result = self.consume(&mut buf, outbox, on_message);
-            if let Ok(used) = result {
-                if used < buf.len() {
-                    buf.drain(..used);
-                    self.partial = buf;
-                }
-            }
+            let result = self.consume(&mut buf, outbox, stats, on_message);
+            self.keep_unused(buf, &result);
             result
         };
         Poll::Ready(result.err())
     }
 
+    /// Keeps what `consume` left of `buf` for the next round.
+    fn keep_unused(&mut self, mut buf: Vec<u8>, result: &Result<usize, ReadEnd>) {
+        if let Ok(used) = *result {
+            if used < buf.len() {
+                buf.drain(..used);
+                self.partial = buf;
+            }
+        }
+    }
+
     /// Handles the whole frames at the start of `buf`; returns the bytes they took.
+    /// Every frame but a close spends budget; over budget, the frames from there on are left
+    /// unhandled (`Ok` short of the end) until it refills.
     fn consume(
         &mut self,
         buf: &mut [u8],
         outbox: &Outbox,
+        stats: &Stats,
         on_message: &mut dyn FnMut(Incoming<'_>),
     ) -> Result<usize, ReadEnd> {
         let mut at = 0;
@@ -169,6 +215,20 @@ impl Socket {
                 Ok(_) => return Ok(at),
                 Err(error) => return Err(refuse(outbox, error)),
             };
+            if head.opcode != opcode::CLOSE {
+                match self.budget.spend() {
+                    Verdict::Take => {}
+                    Verdict::Wait => {
+                        Stats::incr(&stats.rate_limited);
+                        return Ok(at);
+                    }
+                    Verdict::Close => {
+                        Stats::incr(&stats.rate_limited);
+                        outbox.close(RATE_LIMITED);
+                        return Err(ReadEnd::Closing);
+                    }
+                }
+            }
             let payload = &mut buf[at + head.header_len..at + head.frame_len()];
             at += head.frame_len();
             ws::unmask(payload, head.mask);
@@ -257,9 +317,9 @@ impl Socket {
         if let Some(reason) = close {
             // The outbox's frames first (a last answer, say); the close frame goes after them.
             if let Some(outbox) = outbox {
-                let mut rest = Vec::new();
+                let mut rest = Wire::default();
                 self.out_frames += outbox.take(&mut rest);
-                self.out.extend_from_slice(&rest);
+                self.out.append(rest);
             }
             self.queue_close(reason.code, reason.reason);
         }
