@@ -3,7 +3,7 @@
 //! # Ownership
 //! The hub is the single owner of subscription state, behind one `std::sync::RwLock`. Sections
 //! are short and never cross an `.await`: a subscribe is a few map inserts, a fan-out walks the
-//! matching subscriptions and `try_send`s into their bounded outboxes. An async lock would only
+//! matching subscriptions and `try_publish`es into their bounded outboxes. An async lock would only
 //! add cost, since nothing here waits. Fan-outs take the read lock, so triggers from several
 //! sources fan out in parallel.
 //!
@@ -18,6 +18,7 @@
 //! A trigger thus costs about the number of matching rooms, not the number of rooms on the node.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::outbox::Outbox;
@@ -37,6 +38,10 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// The requestId encoded as a JSON string (quotes and escapes included), ready to splice.
     pub request_id_json: Arc<str>,
+    /// `None` for a 3.1 subscription. For one with positions (PROTOCOL.md section 7): set
+    /// while it is being recovered, when live publishes skip it (the replay sends them, in
+    /// order, from the history). Written and read under the sequencer's lock.
+    pub positions: Option<Arc<AtomicBool>>,
 }
 
 struct RoomEntry {
@@ -251,10 +256,13 @@ impl Hub {
         let mut delivered = 0;
         let mut deliver = |entry: &RoomEntry| {
             for subscriber in entry.subscribers.values() {
-                if subscriber
-                    .outbox
-                    .try_publish(&trigger.publish(&subscriber.request_id_json, false))
-                {
+                let positions = match &subscriber.positions {
+                    None => false,
+                    Some(replaying) if replaying.load(Ordering::Relaxed) => continue,
+                    Some(_) => true,
+                };
+                let frame = trigger.publish(&subscriber.request_id_json, positions);
+                if subscriber.outbox.try_publish(&frame) {
                     delivered += 1;
                 }
             }
@@ -326,6 +334,7 @@ mod tests {
             Subscriber {
                 outbox: self.outbox.clone(),
                 request_id_json: Value::from(id).to_string().into(),
+                positions: None,
             }
         }
         fn received(&mut self) -> Vec<String> {

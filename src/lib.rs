@@ -13,6 +13,9 @@
 //! - `sweeper` (private): every open connection, and one timer for all of them (idle, pings,
 //!   re-authorisation, shutdown).
 //! - [`hub`]: the single owner of rooms and subscriptions; fans triggers out.
+//! - [`sequencer`]: positions — every trigger's place in the node's order, taken, appended
+//!   to the [`history`] and fanned out in one step; recovery reads the history back.
+//! - `node` (private): the node's shared state, handed to connections, handlers and sources.
 //! - `sources` (private): broker trigger sources (RabbitMQ, Redis pub/sub) behind one small
 //!   `Engine` trait, with the shared reconnect loop.
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
@@ -30,12 +33,15 @@ pub mod backend;
 pub mod config;
 mod connection;
 pub mod demo;
+pub mod history;
 pub mod hub;
 mod metrics;
+mod node;
 pub mod outbox;
 pub mod policy;
 pub mod protocol;
 pub mod room;
+pub mod sequencer;
 pub mod server;
 mod sources;
 pub mod stats;

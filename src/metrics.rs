@@ -13,17 +13,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::server::Shared;
+use crate::node::Node;
 use crate::stats::Stats;
 
 #[derive(Debug)]
-struct NodeCollector(Arc<Shared>);
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Shared")
-    }
-}
+struct NodeCollector(Arc<Node>);
 
 fn counter(
     encoder: &mut DescriptorEncoder,
@@ -184,6 +178,49 @@ impl Collector for NodeCollector {
             "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
             &[("", "", &s.backend_errors)],
         )?;
+        let (_, entries, bytes) = shared.sequencer.sizes();
+        gauge(
+            &mut e,
+            "history_entries",
+            "Triggers held for recovery",
+            to_i64_usize(entries),
+        )?;
+        gauge(
+            &mut e,
+            "history_bytes",
+            "What the held triggers cost (payloads and index), against history_memory",
+            to_i64_usize(bytes),
+        )?;
+        counter(
+            &mut e,
+            "recoveries",
+            "Resumes with since, by result (recovered, or why not)",
+            &[
+                ("result", "recovered", &s.recovered),
+                ("result", "epoch", &s.not_recovered_epoch),
+                ("result", "expired", &s.not_recovered_expired),
+                ("result", "future", &s.not_recovered_future),
+                ("result", "off", &s.not_recovered_off),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "replayed",
+            "Publish frames sent from the history by recoveries",
+            &[("", "", &s.replayed)],
+        )?;
+        counter(
+            &mut e,
+            "gap_notices",
+            "Gap notices sent to subscriptions with positions that lost publishes",
+            &[("", "", &s.gap_notices)],
+        )?;
+        counter(
+            &mut e,
+            "gap_drops",
+            "Publishes dropped for subscriptions with positions whose connection fell behind",
+            &[("", "", &s.gap_drops)],
+        )?;
         counter(
             &mut e,
             "reauth_unsubscribed",
@@ -195,7 +232,7 @@ impl Collector for NodeCollector {
 }
 
 /// The Prometheus text exposition of the node.
-pub(crate) fn render(shared: &Arc<Shared>) -> String {
+pub(crate) fn render(shared: &Arc<Node>) -> String {
     let mut registry = Registry::with_prefix("high_templar");
     registry.register(
         "backend_request_duration_seconds",

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::outbox::Publish;
 use crate::room::{Room, RoomError, RoomLimits};
+use crate::sequencer::Joined;
 
 /// Answers that never vary: built once, sent as they are.
 pub mod answer {
@@ -26,6 +27,7 @@ pub mod answer {
     pub const INVALID_ROOM: &str = r#"{"code":"error","message":"invalid-room"}"#;
     pub const TOO_MANY_SUBSCRIPTIONS: &str =
         r#"{"code":"error","message":"too-many-subscriptions"}"#;
+    pub const INVALID_SINCE: &str = r#"{"code":"error","message":"invalid-since"}"#;
     pub const STATUS_DISABLED: &str = r#"{"code":"error","message":"status-disabled"}"#;
     pub const RATE_LIMITED: &str = r#"{"code":"error","message":"rate-limited"}"#;
     pub const NOT_AUTHORIZED: &str = r#"{"is_authorized":false}"#;
@@ -36,6 +38,17 @@ pub mod answer {
 /// The two errors that carry the connection's own id as `requestId`.
 pub fn connection_error(connection_id: &str, message: &str) -> String {
     json!({"requestId": connection_id, "code": "error", "message": message}).to_string()
+}
+
+/// The answer to a subscribe with positions (PROTOCOL.md section 7).
+pub fn subscribed(epoch: &str, joined: &Joined) -> String {
+    let mut answer = json!({"code": "success"});
+    if let Some(recovered) = joined.recovered {
+        answer["recovered"] = Value::Bool(recovered.is_ok());
+    }
+    answer["epoch"] = Value::from(epoch);
+    answer["offset"] = Value::from(joined.top);
+    answer.to_string()
 }
 
 /// A gap notice (PROTOCOL.md section 7): the subscription `request_id_json` (already a JSON
@@ -94,6 +107,8 @@ pub enum ClientMessage {
     Subscribe {
         request_id: Option<String>,
         room: Result<Room, RoomError>,
+        /// Whether the subscription has positions (PROTOCOL.md section 7).
+        positions: Positions,
     },
     Unsubscribe {
         request_id: Option<String>,
@@ -103,6 +118,50 @@ pub enum ClientMessage {
     NotJson,
     /// JSON that is not an object, or with an unknown or missing `type`.
     TypeNotAllowed,
+}
+
+/// What a subscribe asks for in positions (PROTOCOL.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    /// Neither `recover` nor `since`: a 3.1 subscription, frames exactly as 3.1 sends them.
+    None,
+    /// `"recover": true`: positions on its publishes from now on.
+    Live,
+    /// `"since": {"epoch", "offset"}`: resume after that position.
+    Since(Since),
+    /// A `since` that is not an object with a string `epoch` and a non-negative integer
+    /// `offset`.
+    InvalidSince,
+}
+
+/// A position to resume after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl Positions {
+    /// Reads the `recover` and `since` keys of a subscribe (`since` wins; `recover` opts in
+    /// only when it is `true`).
+    pub fn from_keys(recover: Option<&Value>, since: Option<&Value>) -> Positions {
+        match since {
+            Some(since) => match (since.get("epoch"), since.get("offset")) {
+                (Some(Value::String(epoch)), Some(offset)) if since.is_object() => {
+                    match offset.as_u64() {
+                        Some(offset) => Positions::Since(Since {
+                            epoch: epoch.clone(),
+                            offset,
+                        }),
+                        None => Positions::InvalidSince,
+                    }
+                }
+                _ => Positions::InvalidSince,
+            },
+            None if recover == Some(&Value::Bool(true)) => Positions::Live,
+            None => Positions::None,
+        }
+    }
 }
 
 impl ClientMessage {
@@ -121,6 +180,8 @@ impl ClientMessage {
             kind,
             request_id,
             room,
+            recover,
+            since,
         } = frame
         else {
             return ClientMessage::TypeNotAllowed;
@@ -134,7 +195,12 @@ impl ClientMessage {
                     Some(RoomInput::Members(members)) => Room::from_members(members, limits),
                     Some(RoomInput::NotAnObject) | None => Err(RoomError::NotAnObject),
                 };
-                ClientMessage::Subscribe { request_id, room }
+                let positions = Positions::from_keys(recover.as_ref(), since.as_ref());
+                ClientMessage::Subscribe {
+                    request_id,
+                    room,
+                    positions,
+                }
             }
             Some("unsubscribe") => ClientMessage::Unsubscribe { request_id },
             Some("status") => ClientMessage::Status,
@@ -152,6 +218,9 @@ enum FrameInput<'a> {
         /// `requestId`, when it is a string.
         request_id: Option<Cow<'a, str>>,
         room: Option<RoomInput>,
+        /// `recover` and `since` (section 7): rare, so read as values.
+        recover: Option<Value>,
+        since: Option<Value>,
     },
     NotAnObject,
 }
@@ -173,11 +242,14 @@ impl<'de> Visitor<'de> for FrameVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FrameInput<'de>, A::Error> {
         let (mut kind, mut request_id, mut room) = (None, None, None);
+        let (mut recover, mut since) = (None, None);
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Type => kind = map.next_value::<MaybeStr<'de>>()?.0,
                 Field::RequestId => request_id = map.next_value::<MaybeStr<'de>>()?.0,
                 Field::Room => room = Some(map.next_value::<RoomInput>()?),
+                Field::Recover => recover = Some(map.next_value::<Value>()?),
+                Field::Since => since = Some(map.next_value::<Value>()?),
                 Field::Other => {
                     map.next_value::<Skip>()?;
                 }
@@ -187,6 +259,8 @@ impl<'de> Visitor<'de> for FrameVisitor {
             kind,
             request_id,
             room,
+            recover,
+            since,
         })
     }
 
@@ -202,6 +276,8 @@ enum Field {
     Type,
     RequestId,
     Room,
+    Recover,
+    Since,
     Other,
 }
 
@@ -220,6 +296,8 @@ impl<'de> Deserialize<'de> for Field {
                     "type" => Field::Type,
                     "requestId" => Field::RequestId,
                     "room" => Field::Room,
+                    "recover" => Field::Recover,
+                    "since" => Field::Since,
                     _ => Field::Other,
                 })
             }
@@ -477,12 +555,33 @@ mod tests {
             ClientMessage::Unsubscribe { request_id: None }
         );
         match parse(r#"{"type":"subscribe","room":{"a":1},"requestId":"r"}"#) {
-            ClientMessage::Subscribe { request_id, room } => {
+            ClientMessage::Subscribe {
+                request_id,
+                room,
+                positions,
+            } => {
                 assert_eq!(request_id.as_deref(), Some("r"));
                 assert!(room.is_ok());
+                assert_eq!(positions, Positions::None);
             }
             other => panic!("unexpected {other:?}"),
         }
+        let with = |keys: &str| match parse(&format!(
+            r#"{{"type":"subscribe","room":{{"a":1}},"requestId":"r",{keys}}}"#
+        )) {
+            ClientMessage::Subscribe { positions, .. } => positions,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(with(r#""recover":true"#), Positions::Live);
+        assert_eq!(with(r#""recover":1"#), Positions::None);
+        assert_eq!(
+            with(r#""recover":true,"since":{"epoch":"e","offset":7}"#),
+            Positions::Since(Since {
+                epoch: "e".into(),
+                offset: 7
+            })
+        );
+        assert_eq!(with(r#""since":{"epoch":"e"}"#), Positions::InvalidSince);
         match parse(r#"{"type":"subscribe","requestId":"r"}"#) {
             ClientMessage::Subscribe { room, .. } => assert!(room.is_err()),
             other => panic!("unexpected {other:?}"),

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::SystemTime;
 
+use crate::sequencer::NotRecovered;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::{json, Value};
 
@@ -71,6 +72,14 @@ pub struct Stats {
     pub gap_drops: AtomicU64,
     /// Gap notices sent (one per subscription per time it fell behind).
     pub gap_notices: AtomicU64,
+    /// Resumes with `since` by outcome: replayed, or `recovered:false` by reason.
+    pub recovered: AtomicU64,
+    pub not_recovered_epoch: AtomicU64,
+    pub not_recovered_expired: AtomicU64,
+    pub not_recovered_future: AtomicU64,
+    pub not_recovered_off: AtomicU64,
+    /// Publish frames sent from the history by recoveries.
+    pub replayed: AtomicU64,
     pub backend_errors: AtomicU64,
     pub refused_unauthorized: AtomicU64,
     pub refused_backend_unavailable: AtomicU64,
@@ -111,6 +120,12 @@ impl Stats {
             slow_client_disconnects: AtomicU64::new(0),
             gap_drops: AtomicU64::new(0),
             gap_notices: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            not_recovered_epoch: AtomicU64::new(0),
+            not_recovered_expired: AtomicU64::new(0),
+            not_recovered_future: AtomicU64::new(0),
+            not_recovered_off: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             backend_errors: AtomicU64::new(0),
             refused_unauthorized: AtomicU64::new(0),
             refused_backend_unavailable: AtomicU64::new(0),
@@ -131,6 +146,17 @@ impl Stats {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a resume with `since` by its outcome.
+    pub fn count_recovery(&self, outcome: Result<(), NotRecovered>) {
+        Self::incr(match outcome {
+            Ok(()) => &self.recovered,
+            Err(NotRecovered::Epoch) => &self.not_recovered_epoch,
+            Err(NotRecovered::Expired) => &self.not_recovered_expired,
+            Err(NotRecovered::Future) => &self.not_recovered_future,
+            Err(NotRecovered::Off) => &self.not_recovered_off,
+        });
     }
 
     pub fn incr(counter: &AtomicU64) {
@@ -191,6 +217,14 @@ impl Stats {
             "slow_client_disconnects": Self::get(&self.slow_client_disconnects),
             "gap_drops": Self::get(&self.gap_drops),
             "gap_notices": Self::get(&self.gap_notices),
+            "recoveries": {
+                "recovered": Self::get(&self.recovered),
+                "epoch": Self::get(&self.not_recovered_epoch),
+                "expired": Self::get(&self.not_recovered_expired),
+                "future": Self::get(&self.not_recovered_future),
+                "off": Self::get(&self.not_recovered_off),
+            },
+            "replayed": Self::get(&self.replayed),
             "backend_errors": Self::get(&self.backend_errors),
             "connections_refused": {
                 "unauthorized": Self::get(&self.refused_unauthorized),

@@ -6,7 +6,7 @@
 //! For a longer run by hand set `PROPTEST_CASES`, e.g.
 //! `PROPTEST_CASES=100000 cargo test --release --test fuzz_parsing` (see docs/fuzzing.md).
 
-use high_templar::protocol::{ClientMessage, Trigger, TriggerError};
+use high_templar::protocol::{ClientMessage, Positions, Since, Trigger, TriggerError};
 use high_templar::room::{AllowedRooms, Room, RoomError, RoomLimits};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -94,14 +94,38 @@ fn client_frame() -> impl Strategy<Value = Value> {
     ];
     let request_id = prop_oneof![small_string().prop_map(Value::from), json_value()];
     let room = prop_oneof![room_like(), json_value()];
+    let recover = prop_oneof![Just(json!(true)), json_value()];
+    let offset = prop_oneof![
+        any::<u64>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        json_value(),
+    ];
+    let since = prop_oneof![
+        3 => (prop::option::of(small_string().prop_map(Value::from)), prop::option::of(offset))
+            .prop_map(|(epoch, offset)| {
+                let mut map = Map::new();
+                map.extend(epoch.map(|e| ("epoch".to_string(), e)));
+                map.extend(offset.map(|o| ("offset".to_string(), o)));
+                Value::Object(map)
+            }),
+        1 => json_value(),
+    ];
     (
         prop::option::of(kind),
         prop::option::of(request_id),
         prop::option::of(room),
+        prop::option::of(recover),
+        prop::option::of(since),
     )
-        .prop_map(|(kind, request_id, room)| {
+        .prop_map(|(kind, request_id, room, recover, since)| {
             let mut map = Map::new();
-            let fields = [("type", kind), ("requestId", request_id), ("room", room)];
+            let fields = [
+                ("type", kind),
+                ("requestId", request_id),
+                ("room", room),
+                ("recover", recover),
+                ("since", since),
+            ];
             for (key, value) in fields {
                 if let Some(value) = value {
                     map.insert(key.to_string(), value);
@@ -221,7 +245,12 @@ fn reference_client_message(text: &str, limits: &RoomLimits) -> ClientMessage {
                 Some(room) => Room::parse(room, limits),
                 None => Err(RoomError::NotAnObject),
             };
-            ClientMessage::Subscribe { request_id, room }
+            let positions = Positions::from_keys(map.get("recover"), map.get("since"));
+            ClientMessage::Subscribe {
+                request_id,
+                room,
+                positions,
+            }
         }
         Some("unsubscribe") => ClientMessage::Unsubscribe { request_id },
         Some("status") => ClientMessage::Status,
@@ -330,9 +359,29 @@ proptest! {
                     Some(room) => Room::parse(room, &limits),
                     None => Err(RoomError::NotAnObject),
                 };
+                // PROTOCOL.md section 7 read literally: `since` wins and must be an object with
+                // a string epoch and a non-negative integer offset; `recover` opts in when true.
+                let expected_positions = match frame.get("since") {
+                    Some(since) => {
+                        let epoch = since.get("epoch").and_then(Value::as_str);
+                        let offset = since.get("offset").and_then(Value::as_u64);
+                        match (since.is_object(), epoch, offset) {
+                            (true, Some(epoch), Some(offset)) => {
+                                Positions::Since(Since { epoch: epoch.to_string(), offset })
+                            }
+                            _ => Positions::InvalidSince,
+                        }
+                    }
+                    None if frame.get("recover") == Some(&json!(true)) => Positions::Live,
+                    None => Positions::None,
+                };
                 prop_assert_eq!(
                     parsed,
-                    ClientMessage::Subscribe { request_id: string_id, room: expected_room }
+                    ClientMessage::Subscribe {
+                        request_id: string_id,
+                        room: expected_room,
+                        positions: expected_positions,
+                    }
                 );
             }
             Some("unsubscribe") => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
 
-use super::{parse_amqp_url, parse_duration, parse_redis_url};
+use super::{parse_amqp_url, parse_duration, parse_redis_url, parse_size};
 use crate::backend::{ApiUrl, HeaderRule};
 use crate::policy::PolicyCli;
 
@@ -93,6 +93,16 @@ pub struct Cli {
     /// Frames queued per connection before a slow client is disconnected [default: 1024]
     #[arg(long, env = "HT_OUTGOING_QUEUE", value_name = "FRAMES")]
     pub outgoing_queue: Option<usize>,
+
+    /// How long triggers are kept for clients resuming with positions; 0 turns history off
+    /// [default: 5m]
+    #[arg(long, env = "HT_HISTORY_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+
+    /// Most memory the history may take (payloads and index), e.g. 64MiB; 0 turns it off
+    /// [default: 64MiB]
+    #[arg(long, env = "HT_HISTORY_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub history_memory: Option<usize>,
 
     /// Bytes queued per connection before a slow client is disconnected [default: 4194304]
     #[arg(long, env = "HT_OUTGOING_QUEUE_BYTES", value_name = "BYTES")]

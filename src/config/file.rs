@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_duration, ConfigError};
+use super::{parse_duration, parse_size, ConfigError};
 use crate::policy::{LimitsFile, SecurityFile};
 
 /// The config file: the same settings as the flags, in snake_case.
@@ -29,6 +29,8 @@ pub(super) struct FileConfig {
     pub(super) outgoing_queue: Option<usize>,
     pub(super) outgoing_queue_bytes: Option<usize>,
     pub(super) max_trigger_body: Option<usize>,
+    pub(super) history_ttl: Option<DurationValue>,
+    pub(super) history_memory: Option<SizeValue>,
     #[serde(default)]
     pub(super) limits: LimitsFile,
     #[serde(default)]
@@ -55,6 +57,23 @@ impl DurationValue {
         match self {
             DurationValue::Seconds(s) => Duration::try_from_secs_f64(*s).map_err(|e| e.to_string()),
             DurationValue::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+/// A size in a file: bytes as a number, or text like "64MiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum SizeValue {
+    Bytes(usize),
+    Text(String),
+}
+
+impl SizeValue {
+    pub(super) fn parse(&self) -> Result<usize, String> {
+        match self {
+            SizeValue::Bytes(bytes) => Ok(*bytes),
+            SizeValue::Text(text) => parse_size(text),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backend::{ApiUrl, HeaderRule, HttpBackendConfig};
+use crate::history::HistoryLimits;
 use crate::policy::Policy;
 
 /// Default public address: loopback, so a first run exposes nothing.
@@ -33,6 +34,13 @@ pub const DEFAULT_OUTGOING_QUEUE: usize = 1024;
 /// behind, a client is dropped. Worst case for the node: stalled sockets x 4 MiB, e.g. 1 % of
 /// 19,000 sockets stalled under 1 MiB triggers at once = 190 x 4 MiB = 760 MiB.
 pub const DEFAULT_OUTGOING_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// How long the history keeps a trigger: a client away for less (a deploy, a network blip, a
+/// laptop lid closed over a coffee) gets everything it missed instead of refetching.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(5 * 60);
+/// What the history may cost the node, payloads and index together. At 1,000 triggers/s of
+/// ~300 bytes (with ~100 bytes of index) 5 minutes is 300,000 x ~0.4 KiB = ~115 MiB, so 64 MiB
+/// keeps ~3 minutes of that rate, and the whole ttl of anything up to ~550 triggers/s.
+pub const DEFAULT_HISTORY_MEMORY: usize = 64 * 1024 * 1024;
 /// Largest `/trigger/` body: 1 MiB fits a batch of thousands of ordinary triggers.
 pub const DEFAULT_MAX_TRIGGER_BODY: usize = 1024 * 1024;
 /// Most triggers in one `/trigger/` batch.
@@ -59,6 +67,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
     }
     humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Parses a size: bytes (`67108864`) or with a unit (`64MiB`, `512 KiB`, `1GB`).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    if let Ok(bytes) = text.parse::<usize>() {
+        return Ok(bytes);
+    }
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|e| format!("{text:?}: {e} (a size like 67108864 or 64MiB)"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{text:?}: too large"))
 }
 
 /// Checks an AMQP URL (`amqp://` or `amqps://`). The error never repeats the URL: it may hold
@@ -143,6 +163,8 @@ pub struct Config {
     pub outgoing_queue_bytes: usize,
     pub max_trigger_body: usize,
     pub max_batch: usize,
+    /// How much history the node keeps for recovery (PROTOCOL.md section 7).
+    pub history: HistoryLimits,
     /// Origins, limits, liveness and TLS.
     pub policy: Policy,
     /// Demo mode: the built-in [`crate::demo::DemoBackend`], the demo page at `/`, and an
@@ -180,6 +202,10 @@ impl Default for Config {
             outgoing_queue_bytes: DEFAULT_OUTGOING_QUEUE_BYTES,
             max_trigger_body: DEFAULT_MAX_TRIGGER_BODY,
             max_batch: DEFAULT_MAX_BATCH,
+            history: HistoryLimits {
+                ttl: DEFAULT_HISTORY_TTL,
+                memory: DEFAULT_HISTORY_MEMORY,
+            },
             policy: Policy::default(),
             demo: false,
             demo_allow_public: false,
@@ -237,6 +263,12 @@ impl Config {
         };
         let file_idle = duration("idle_timeout", file.idle_timeout);
         let file_backend_timeout = duration("backend_timeout", file.backend_timeout);
+        let file_history_ttl = duration("history_ttl", file.history_ttl);
+        let file_history_memory = file.history_memory.and_then(|size| {
+            size.parse()
+                .map_err(|e| errors.push(format!("history_memory: {e}")))
+                .ok()
+        });
 
         let mut forward_headers: Vec<HeaderRule> = Vec::new();
         for (i, rule) in file.forward_headers.into_iter().enumerate() {
@@ -329,6 +361,16 @@ impl Config {
                 .or(file.max_trigger_body)
                 .unwrap_or(defaults.max_trigger_body),
             max_batch: defaults.max_batch,
+            history: HistoryLimits {
+                ttl: cli
+                    .history_ttl
+                    .or(file_history_ttl)
+                    .unwrap_or(defaults.history.ttl),
+                memory: cli
+                    .history_memory
+                    .or(file_history_memory)
+                    .unwrap_or(defaults.history.memory),
+            },
             policy: Policy::merge(cli.policy, file.limits, file.security, &mut errors),
             // A flag can only switch these on: a bare `--demo` has no "off" form.
             demo: cli.demo || file.demo.unwrap_or(defaults.demo),

@@ -12,6 +12,7 @@
 //! sends requests without reading the answers slows only itself.
 
 mod budget;
+mod recovery;
 mod session;
 mod socket;
 
@@ -26,10 +27,10 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::backend::{Bootstrap, ConnectRequest};
+use crate::node::Node;
 use crate::outbox::{close_code, CloseReason, Outbox, QueueBound, SLOW_CLIENT};
 use crate::protocol::{self, answer};
 use crate::room::AllowedRooms;
-use crate::server::Shared;
 use crate::stats::Stats;
 use crate::sweeper::SERVER_SHUTDOWN;
 use session::Session;
@@ -71,7 +72,7 @@ struct Open {
 pub(crate) async fn run<G: Send>(
     upgrade: OnUpgrade,
     request: Arc<ConnectRequest>,
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     guard: G,
 ) {
     let io = match upgrade.await {
@@ -113,14 +114,11 @@ pub(crate) async fn run<G: Send>(
 
 /// The bootstrap: the backend's answer, sent to the client. `None` when refused (the refusal
 /// is sent and the socket closed here).
-async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Shared>) -> Option<Open> {
+async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Option<Open> {
     let stats = &shared.stats;
     let budget = budget::Budget::new(&shared.config.policy);
     let mut socket = Socket::new(io, shared.config.max_message_size, budget);
-    let bootstrap = shared
-        .gate
-        .bootstrap(&*shared.backend, request, stats)
-        .await;
+    let bootstrap = shared.bootstrap(request).await;
     let allowed = match bootstrap {
         Ok(Bootstrap::Authorized { allowed_rooms }) => AllowedRooms::from_backend(allowed_rooms),
         Ok(Bootstrap::Refused) => None,
@@ -208,6 +206,8 @@ async fn serve(socket: &mut Socket, session: &mut Session, stats: &Stats) -> Rea
                 continue;
             }
             match socket.poll_write_out(cx, Some(&outbox), stats) {
+                // All out: recoveries go on with the room it made.
+                Poll::Ready(Ok(())) if session.pump_recoveries() => continue,
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(error)) => {
                     Stats::incr(&stats.ws_messages_send_error);
@@ -251,7 +251,7 @@ enum Hook {
 }
 
 /// Hooks run beside the connection: a slow backend never delays the client.
-fn spawn_hook(shared: &Arc<Shared>, request: &Arc<ConnectRequest>, hook: Hook) {
+fn spawn_hook(shared: &Arc<Node>, request: &Arc<ConnectRequest>, hook: Hook) {
     let backend = shared.backend.clone();
     let request = request.clone();
     tokio::spawn(async move {

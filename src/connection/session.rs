@@ -6,29 +6,33 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde_json::Value;
 
+use super::recovery::Recoveries;
 use super::{spawn_hook, Hook, NOT_AUTHORIZED};
 use crate::backend::{BackendError, Bootstrap, ConnectRequest};
 use crate::hub::{Subscriber, SubscriptionId};
+use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::protocol::{self, answer, ClientMessage};
+use crate::protocol::{self, answer, ClientMessage, Positions};
 use crate::room::{AllowedRooms, Room};
-use crate::server::Shared;
 use crate::stats::Stats;
 
 type Reauthorisation = Pin<Box<dyn Future<Output = Result<Bootstrap, BackendError>> + Send>>;
 
 pub(super) struct Session {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Node>,
     pub request: Arc<ConnectRequest>,
     pub outbox: Outbox,
     pub allowed: AllowedRooms,
     /// This connection's subscriptions by requestId.
     pub subscriptions: HashMap<String, (SubscriptionId, Room)>,
+    /// Subscriptions being sent what they missed.
+    recoveries: Recoveries,
     /// The backend call of a re-authorisation in progress. Boxed: it is rare and large, and
     /// inline it would sit in every idle connection's task.
     reauth: Option<Reauthorisation>,
@@ -36,7 +40,7 @@ pub(super) struct Session {
 
 impl Session {
     pub fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Node>,
         request: Arc<ConnectRequest>,
         outbox: Outbox,
         allowed: AllowedRooms,
@@ -47,6 +51,7 @@ impl Session {
             outbox,
             allowed,
             subscriptions: HashMap::new(),
+            recoveries: Recoveries::default(),
             reauth: None,
         }
     }
@@ -72,8 +77,10 @@ impl Session {
             ClientMessage::Subscribe {
                 request_id: Some(id),
                 room,
+                positions,
             } => match room {
                 Err(_) => answer::INVALID_ROOM,
+                Ok(_) if positions == Positions::InvalidSince => answer::INVALID_SINCE,
                 Ok(room) if !self.allowed.allows(&room) => answer::ROOM_NOT_FOUND,
                 Ok(_)
                     if self.subscriptions.len() >= policy.max_subscriptions
@@ -82,15 +89,20 @@ impl Session {
                     Stats::incr(&stats.subscription_limit_hits);
                     answer::TOO_MANY_SUBSCRIPTIONS
                 }
-                Ok(room) => {
+                Ok(room) if positions == Positions::None => {
                     self.subscribe(id, room);
                     answer::SUCCESS
+                }
+                Ok(room) => {
+                    // Answered under the sequencer's lock, before any publish it gets.
+                    return self.subscribe_with_positions(id, room, positions);
                 }
             },
             ClientMessage::Unsubscribe {
                 request_id: Some(id),
             } => match self.subscriptions.remove(&id) {
                 Some((sub_id, room)) => {
+                    self.recoveries.cancel(&id);
                     self.shared.hub.unsubscribe(&room, sub_id);
                     answer::SUCCESS
                 }
@@ -116,20 +128,79 @@ impl Session {
 
     /// A requestId names one subscription: subscribing again with it replaces the old one.
     fn subscribe(&mut self, request_id: String, room: Room) {
-        if let Some((old_id, old_room)) = self.subscriptions.remove(&request_id) {
-            self.shared.hub.unsubscribe(&old_room, old_id);
-        }
+        self.leave(&request_id);
         let id = self.shared.next_subscription_id();
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
             request_id_json: Value::from(request_id.as_str()).to_string().into(),
+            positions: None,
         };
         self.shared.hub.subscribe(&room, id, subscriber);
         self.subscriptions.insert(request_id, (id, room));
     }
 
+    /// Drops the subscription named `request_id`, if any (it is being replaced).
+    fn leave(&mut self, request_id: &str) {
+        self.recoveries.cancel(request_id);
+        if let Some((old_id, old_room)) = self.subscriptions.remove(request_id) {
+            self.shared.hub.unsubscribe(&old_room, old_id);
+        }
+    }
+
+    /// A subscription with positions (PROTOCOL.md section 7): answered with the epoch and the
+    /// newest position, and, resuming with `since`, whether what it missed will be replayed.
+    fn subscribe_with_positions(&mut self, request_id: String, room: Room, positions: Positions) {
+        self.leave(&request_id);
+        let stats = &self.shared.stats;
+        let id = self.shared.next_subscription_id();
+        let request_id_json: Arc<str> = Value::from(request_id.as_str()).to_string().into();
+        let replaying = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber {
+            outbox: self.outbox.clone(),
+            request_id_json: request_id_json.clone(),
+            positions: Some(replaying.clone()),
+        };
+        let since = match &positions {
+            Positions::Since(since) => Some(since),
+            _ => None,
+        };
+        let sequencer = &self.shared.sequencer;
+        let outbox = &self.outbox;
+        let joined = sequencer.subscribe(
+            &self.shared.hub,
+            &room,
+            id,
+            subscriber,
+            since,
+            &replaying,
+            |joined| {
+                outbox.push_reply(&protocol::subscribed(sequencer.epoch(), joined));
+            },
+        );
+        if let (Some(since), Some(recovered)) = (since, joined.recovered) {
+            stats.count_recovery(recovered);
+            if recovered.is_ok() {
+                self.recoveries.start(
+                    &request_id,
+                    request_id_json,
+                    room.clone(),
+                    since.offset,
+                    replaying,
+                );
+            }
+        }
+        self.subscriptions.insert(request_id, (id, room));
+    }
+
+    /// Queues what recovering subscriptions missed, while the outbox has room; whether it
+    /// queued anything.
+    pub fn pump_recoveries(&mut self) -> bool {
+        self.recoveries.pump(&self.shared, &self.outbox)
+    }
+
     /// Leaves every room (the connection ends).
     pub fn unsubscribe_all(&mut self) {
+        self.recoveries.clear();
         let subscriptions = std::mem::take(&mut self.subscriptions);
         self.shared
             .hub
@@ -145,12 +216,7 @@ impl Session {
             }
             let shared = self.shared.clone();
             let request = self.request.clone();
-            self.reauth = Some(Box::pin(async move {
-                shared
-                    .gate
-                    .bootstrap(&*shared.backend, &request, &shared.stats)
-                    .await
-            }));
+            self.reauth = Some(Box::pin(async move { shared.bootstrap(&request).await }));
         }
         let Some(call) = self.reauth.as_mut() else {
             return Poll::Pending;
@@ -190,6 +256,7 @@ impl Session {
         self.allowed = allowed;
         for rid in revoked {
             if let Some((id, room)) = self.subscriptions.remove(&rid) {
+                self.recoveries.cancel(&rid);
                 self.shared.hub.unsubscribe(&room, id);
                 Stats::incr(&self.shared.stats.reauth_unsubscribed);
                 self.outbox.push_reply(&protocol::unsubscribed(&rid));

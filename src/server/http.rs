@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use super::{AppState, Shared};
+use super::AppState;
+use crate::node::Node;
 use crate::protocol::Trigger;
 use crate::stats::{Stats, TriggerSource};
 
@@ -31,7 +32,7 @@ pub(super) async fn trigger_handler(
 
 /// Parses a `/trigger/` body (one trigger or a list) and publishes it: the part shared by the
 /// token-protected route and the demo's open one.
-pub(crate) async fn accept_triggers(shared: &Shared, body: &[u8]) -> Response {
+pub(crate) async fn accept_triggers(shared: &Node, body: &[u8]) -> Response {
     let config = &shared.config;
     match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
         Ok(triggers) => match &shared.amqp_publisher {
@@ -43,8 +44,9 @@ pub(crate) async fn accept_triggers(shared: &Shared, body: &[u8]) -> Response {
                 }
             },
             None => {
-                let delivered = shared.publish(&triggers, TriggerSource::Http);
-                Json(json!({"delivered": delivered, "triggers": triggers.len()})).into_response()
+                let count = triggers.len();
+                let delivered = shared.publish(triggers, TriggerSource::Http);
+                Json(json!({"delivered": delivered, "triggers": count})).into_response()
             }
         },
         Err(problem) => {

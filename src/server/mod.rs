@@ -5,7 +5,7 @@
 //! [`HttpBackend`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,10 @@ use crate::admission::Admission;
 use crate::backend::{Backend, BackendGate, HttpBackend};
 use crate::config::Config;
 use crate::demo::{self, DemoBackend};
-use crate::hub::{Hub, SubscriptionId};
+use crate::hub::Hub;
+use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
+use crate::sequencer::Sequencer;
 use crate::sources;
 use crate::sources::amqp::{AmqpEngine, Publisher};
 use crate::sources::redis::RedisEngine;
@@ -47,49 +49,6 @@ const SOURCE_STOP_GRACE: Duration = Duration::from_secs(2);
 /// when a few hundred clients connect at once, e.g. reconnecting after a restart: each
 /// overflow costs that client a 1 s SYN retransmit. The kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
-
-/// State shared by every connection and handler of a node.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub hub: Hub,
-    pub stats: Arc<Stats>,
-    pub backend: Arc<dyn Backend>,
-    /// Concurrency limit and circuit breaker in front of the backend.
-    pub gate: BackendGate,
-    /// Origin check and connection counts.
-    pub admission: Arc<Admission>,
-    /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
-    pub shutdown: CancellationToken,
-    /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
-    pub amqp_publisher: Option<Publisher>,
-    /// Every open connection, with the node-wide timer that keeps their deadlines.
-    pub registry: Registry,
-    next_subscription: AtomicU64,
-}
-
-impl Shared {
-    pub fn next_subscription_id(&self) -> SubscriptionId {
-        self.next_subscription.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn status(&self) -> Value {
-        self.stats
-            .status(self.hub.num_rooms(), self.hub.num_subscriptions())
-    }
-
-    /// Fans out a batch of triggers from `source`; returns the subscriptions reached.
-    pub(crate) fn publish(&self, triggers: &[Trigger], source: TriggerSource) -> usize {
-        let queued = triggers
-            .iter()
-            .map(|trigger| {
-                self.stats.trigger_received(source);
-                self.hub.publish(trigger)
-            })
-            .sum();
-        Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
-        queued
-    }
-}
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,8 +102,9 @@ impl Server {
             Some(amqp) if amqp.publish_http_triggers => Some(Publisher::new(&amqp.exchange)),
             _ => None,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Node {
             hub: Hub::new(),
+            sequencer: Sequencer::new(self.config.history),
             gate: BackendGate::new(
                 policy.max_concurrent_bootstraps,
                 self.config.backend.timeout,
@@ -266,7 +226,7 @@ impl Server {
 }
 
 /// Spawns the configured broker sources; they stop on `shared.shutdown`.
-fn start_sources(shared: &Arc<Shared>, local_addr: SocketAddr) -> Vec<JoinHandle<()>> {
+fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
     if let Some(amqp) = &shared.config.amqp {
         let publisher = shared
@@ -321,7 +281,7 @@ pub struct Handle {
     pub local_addr: SocketAddr,
     /// The bound internal address, when configured.
     pub internal_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     connections: TaskTracker,
     listeners: Vec<ClosableListener>,
     servers: Vec<JoinHandle<()>>,
@@ -334,7 +294,7 @@ impl Handle {
         let config = &self.shared.config;
         let triggers =
             Trigger::parse_batch(trigger_json, &config.policy.room_limits, config.max_batch)?;
-        Ok(self.shared.publish(&triggers, TriggerSource::Api))
+        Ok(self.shared.publish(triggers, TriggerSource::Api))
     }
 
     /// The status object of PROTOCOL.md section 5.
@@ -379,6 +339,6 @@ impl Handle {
 /// What every route handler gets.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Node>,
     connections: TaskTracker,
 }

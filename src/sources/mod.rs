@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
-use crate::server::Shared;
 use crate::stats::{SourceStatus, Stats, TriggerSource};
 
 /// First wait after a failed connection: short, as most outages are a broker restart.
@@ -84,7 +84,7 @@ impl Link<'_> {
 }
 
 /// Runs `engine` until `shared.shutdown`: connects, reconnects after any loss, forever.
-pub(crate) async fn run(engine: impl Engine, shared: Arc<Shared>) {
+pub(crate) async fn run(engine: impl Engine, shared: Arc<Node>) {
     let source = engine.source();
     let name = engine.describe();
     let Some(status) = shared.stats.source_status(source) else {
@@ -169,7 +169,7 @@ fn random_fraction() -> f64 {
 
 /// Parses message bodies and publishes them to the hub; counts and logs the bad ones.
 pub(crate) struct Inbox {
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     source: TriggerSource,
     /// Per kind of bad message, its log state. A std mutex: held for a map lookup, never across an `.await`; at most one entry per
     /// [`TriggerError`] variant.
@@ -184,7 +184,7 @@ struct LogState {
 }
 
 impl Inbox {
-    fn new(shared: Arc<Shared>, source: TriggerSource) -> Inbox {
+    fn new(shared: Arc<Node>, source: TriggerSource) -> Inbox {
         Inbox {
             shared,
             source,
@@ -197,7 +197,7 @@ impl Inbox {
         let config = &self.shared.config;
         match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
             Ok(triggers) => {
-                self.shared.publish(&triggers, self.source);
+                self.shared.publish(triggers, self.source);
             }
             Err(error) => {
                 Stats::incr(&self.shared.stats.triggers_invalid);

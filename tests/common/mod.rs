@@ -294,6 +294,27 @@ impl Client {
         }
     }
 
+    /// Connects with a tiny receive buffer, so that a client that stops reading stalls the
+    /// server's writes at once instead of after megabytes of kernel buffers.
+    pub async fn connect_small_buffer(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/"), stream)
+            .await
+            .expect("handshake");
+        let ws = WebSocketStream::from_raw_socket(
+            MaybeTlsStream::Plain(ws.into_inner()),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        let mut client = Client { ws };
+        let first = client.recv_json().await;
+        assert_eq!(first["is_authorized"], json!(true), "first frame: {first}");
+        client
+    }
+
     /// Connects and reads the first frame, asserting it authorised the connection.
     pub async fn authorized(addr: SocketAddr) -> Client {
         let mut client = Self::connect(addr).await;

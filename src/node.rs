@@ -1,0 +1,84 @@
+//! The node's shared state: what every connection, handler and trigger source of one running
+//! server reads and changes. `server/` builds it and hands an `Arc<Node>` to the rest; nothing
+//! here knows about listeners or routes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::backend::{Backend, BackendError, BackendGate, Bootstrap, ConnectRequest};
+use crate::config::Config;
+use crate::hub::{Hub, SubscriptionId};
+use crate::protocol::Trigger;
+use crate::sequencer::Sequencer;
+use crate::sources::amqp::Publisher;
+use crate::stats::{Stats, TriggerSource};
+use crate::sweeper::Registry;
+
+/// State shared by every connection and handler of a node.
+pub(crate) struct Node {
+    pub config: Config,
+    pub hub: Hub,
+    /// Positions, history and the order of fan-outs.
+    pub sequencer: Sequencer,
+    pub stats: Arc<Stats>,
+    pub backend: Arc<dyn Backend>,
+    /// Concurrency limit and circuit breaker in front of the backend.
+    pub gate: BackendGate,
+    /// Origin check and connection counts.
+    pub admission: Arc<Admission>,
+    /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
+    pub shutdown: CancellationToken,
+    /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
+    pub amqp_publisher: Option<Publisher>,
+    /// Every open connection, with the node-wide timer that keeps their deadlines.
+    pub registry: Registry,
+    pub(crate) next_subscription: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Node")
+    }
+}
+
+impl Node {
+    pub fn next_subscription_id(&self) -> SubscriptionId {
+        self.next_subscription.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The status object (PROTOCOL.md section 5, and ours beside it).
+    pub fn status(&self) -> Value {
+        let mut status = self
+            .stats
+            .status(self.hub.num_rooms(), self.hub.num_subscriptions());
+        let (top, entries, bytes) = self.sequencer.sizes();
+        status["history"] = serde_json::json!({
+            "epoch": &**self.sequencer.epoch(),
+            "offset": top,
+            "entries": entries,
+            "bytes": bytes,
+        });
+        status
+    }
+
+    /// Asks the backend who `request` is (through the gate: bounded, circuit-broken).
+    pub async fn bootstrap(&self, request: &ConnectRequest) -> Result<Bootstrap, BackendError> {
+        self.gate
+            .bootstrap(&*self.backend, request, &self.stats)
+            .await
+    }
+
+    /// Takes in a batch of triggers from `source`; returns the subscriptions reached.
+    pub(crate) fn publish(&self, triggers: Vec<Trigger>, source: TriggerSource) -> usize {
+        for _ in &triggers {
+            self.stats.trigger_received(source);
+        }
+        let queued = self.sequencer.publish(triggers, &self.hub);
+        Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
+        queued
+    }
+}
