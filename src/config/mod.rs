@@ -37,9 +37,9 @@ pub const DEFAULT_OUTGOING_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// How long the history keeps a trigger: a client away for less (a deploy, a network blip, a
 /// laptop lid closed over a coffee) gets everything it missed instead of refetching.
 pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(5 * 60);
-/// What the history may cost the node, payloads and index together. At 1,000 triggers/s of
-/// ~300 bytes (with ~100 bytes of index) 5 minutes is 300,000 x ~0.4 KiB = ~115 MiB, so 64 MiB
-/// keeps ~3 minutes of that rate, and the whole ttl of anything up to ~550 triggers/s.
+/// What the history may cost the node, payloads and index together. A ~300-byte trigger to one
+/// room is counted as ~0.5 KiB (payload, entry, index: `history.rs`), so 64 MiB holds ~130,000
+/// of them: the whole 5-minute ttl up to ~430 triggers/s, ~2 minutes at 1,000/s.
 pub const DEFAULT_HISTORY_MEMORY: usize = 64 * 1024 * 1024;
 /// Largest `/trigger/` body: 1 MiB fits a batch of thousands of ordinary triggers.
 pub const DEFAULT_MAX_TRIGGER_BODY: usize = 1024 * 1024;
