@@ -128,10 +128,75 @@ struct Pending {
     /// Encoded frames, oldest first.
     wire: Wire,
     frames: usize,
+    /// Where the queued publishes of subscriptions with positions are: when the queue
+    /// overflows they are the ones dropped.
+    marks: Vec<Mark>,
     /// Subscriptions with positions whose publishes were dropped since the last take: their
     /// requestId (JSON) and the newest position lost. Their gap notices go out with the next
     /// take, and nothing more of theirs is queued before that.
     gaps: Vec<(Arc<str>, u64)>,
+}
+
+/// A queued publish of a subscription with positions: `wire.bytes[start..end]`, plus its
+/// shared payload when it has one.
+struct Mark {
+    start: usize,
+    end: usize,
+    request_id_json: Arc<str>,
+    position: u64,
+}
+
+impl Pending {
+    /// Records that `rid` lost the publish at `position`.
+    fn lost(&mut self, rid: &Arc<str>, position: u64) {
+        match self.gaps.iter_mut().find(|(r, _)| **r == **rid) {
+            Some(gap) => gap.1 = gap.1.max(position),
+            None => self.gaps.push((rid.clone(), position)),
+        }
+    }
+
+    /// Drops every queued publish of a subscription with positions (PROTOCOL.md section 7:
+    /// the connection fell behind), recording their gaps; the other frames stay, in order.
+    /// Returns how many were dropped.
+    fn drop_positional(&mut self) -> usize {
+        let marks = std::mem::take(&mut self.marks);
+        if marks.is_empty() {
+            return 0;
+        }
+        let old = std::mem::take(&mut self.wire);
+        let mut bytes = Vec::with_capacity(old.bytes.len());
+        let mut at = 0;
+        for mark in &marks {
+            bytes.extend_from_slice(&old.bytes[at..mark.start]);
+            at = mark.end;
+        }
+        bytes.extend_from_slice(&old.bytes[at..]);
+        // Shared payloads of dropped frames go; the others move back by what was cut before.
+        let mut shared = Vec::new();
+        let mut shared_len = 0;
+        for (splice, payload) in old.shared {
+            let dropped = marks.iter().any(|m| m.start < splice && splice < m.end);
+            if !dropped {
+                let cut: usize = marks
+                    .iter()
+                    .filter(|m| m.end <= splice)
+                    .map(|m| m.end - m.start)
+                    .sum();
+                shared_len += payload.len();
+                shared.push((splice - cut, payload));
+            }
+        }
+        self.wire = Wire {
+            bytes,
+            shared,
+            shared_len,
+        };
+        self.frames -= marks.len();
+        for mark in &marks {
+            self.lost(&mark.request_id_json, mark.position);
+        }
+        marks.len()
+    }
 }
 
 /// A fan-out touches one `Inner` per subscriber, each in a different place in memory: the
@@ -288,18 +353,21 @@ impl Outbox {
         let mut pending = lock(&self.inner.pending);
         if let (Some(position), false) = (frame.position, pending.gaps.is_empty()) {
             let rid = frame.request_id_json;
-            if let Some(gap) = pending.gaps.iter_mut().find(|(r, _)| **r == **rid) {
-                gap.1 = gap.1.max(position);
+            if pending.gaps.iter().any(|(r, _)| **r == **rid) {
+                pending.lost(rid, position);
                 return Err(Full);
             }
         }
         if !self.has_room(&pending, len) {
             if let (Some(position), false) = (frame.position, from_task) {
-                pending.gaps.push((frame.request_id_json.clone(), position));
+                let dropped = pending.drop_positional();
+                Stats::add(&self.inner.stats.gap_drops, dropped as u64);
+                pending.lost(frame.request_id_json, position);
             }
             return Err(Full);
         }
         let was_empty = pending.frames == 0;
+        let start = pending.wire.bytes.len();
         let wire = &mut pending.wire;
         if frame.prefix.len() > SHARE_ABOVE {
             ws::put_header(&mut wire.bytes, opcode::TEXT, len);
@@ -313,6 +381,15 @@ impl Outbox {
             }
             ws::put_frame(&mut wire.bytes, opcode::TEXT, &[frame.prefix, rid, tail]);
         }
+        if let Some(position) = frame.position {
+            let end = pending.wire.bytes.len();
+            pending.marks.push(Mark {
+                start,
+                end,
+                request_id_json: frame.request_id_json.clone(),
+                position,
+            });
+        }
         pending.frames += 1;
         drop(pending);
         if was_empty && !from_task {
@@ -323,8 +400,9 @@ impl Outbox {
 
     /// Queues a publish frame without waiting; returns whether it was queued. When the queue
     /// is full, a subscription without positions disconnects the client as too slow (1013);
-    /// one with positions loses the publish and gets a gap notice instead
-    /// (PROTOCOL.md section 7), and the connection stays open. The caller counts queued
+    /// for one with positions the queued publishes of every subscription with positions are
+    /// dropped, and each that lost any gets a gap notice instead (PROTOCOL.md section 7): the
+    /// connection stays open. The caller counts queued
     /// frames in `ws_messages_send_queued`, once per fan-out: one shared counter bumped per
     /// subscriber bounced its cache line between the cores on every frame.
     pub fn try_publish(&self, frame: &Publish<'_>) -> bool {
@@ -336,7 +414,7 @@ impl Outbox {
         }
         let stats = &self.inner.stats;
         match frame.position {
-            // Recorded for its gap notice by `push_publish`.
+            // Recorded for its gap notice by `push_publish`, with the queued ones it dropped.
             Some(_) => Stats::incr(&stats.gap_drops),
             None => {
                 Stats::incr(&stats.ws_messages_send_error);
@@ -375,6 +453,7 @@ impl Outbox {
         debug_assert!(into.is_empty());
         let mut pending = lock(&self.inner.pending);
         std::mem::swap(&mut pending.wire, into);
+        pending.marks.clear();
         let mut frames = std::mem::take(&mut pending.frames);
         if !pending.gaps.is_empty() {
             let gaps = std::mem::take(&mut pending.gaps);
@@ -612,9 +691,13 @@ mod tests {
     #[test]
     fn subscriptions_with_positions_get_a_gap_notice_instead_of_a_close() {
         let stats = Arc::new(Stats::new());
-        let outbox = Outbox::new(QueueBound::frames(2), stats.clone());
+        let outbox = Outbox::new(QueueBound::frames(4), stats.clone());
+        let big = format!(r#"{{"big":"{}","#, "x".repeat(SHARE_ABOVE));
         assert!(publish(&outbox, r#"{"p":"#, "a", Some(1)));
-        assert!(publish(&outbox, r#"{"p":"#, "b", Some(2)));
+        assert!(publish(&outbox, r#"{"p":"#, "plain", None));
+        assert!(publish(&outbox, &big, "b", Some(2)));
+        outbox.push_reply("answer");
+        // Full: the queued publishes with positions go, the others stay in order.
         assert!(!publish(&outbox, r#"{"p":"#, "a", Some(3)));
         assert!(!publish(&outbox, r#"{"p":"#, "b", Some(4)));
         assert!(!publish(&outbox, r#"{"p":"#, "a", Some(5)));
@@ -622,20 +705,21 @@ mod tests {
         assert_eq!(
             texts(&outbox),
             vec![
-                r#"{"p":"a","offset":1}"#,
-                r#"{"p":"b","offset":2}"#,
+                r#"{"p":"plain"}"#,
+                "answer",
                 r#"{"type":"gap","requestId":"a","offset":5}"#,
                 r#"{"type":"gap","requestId":"b","offset":4}"#,
             ]
         );
         assert_eq!(stats.gap_notices.load(Ordering::Relaxed), 2);
-        assert_eq!(stats.gap_drops.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.gap_drops.load(Ordering::Relaxed), 5);
         // After the notice, publishes flow again.
         assert!(publish(&outbox, r#"{"p":"#, "a", Some(6)));
         assert_eq!(texts(&outbox), vec![r#"{"p":"a","offset":6}"#]);
         // A plain subscription on the same connection still closes it when it loses one.
-        assert!(publish(&outbox, "{", "c", None));
-        assert!(publish(&outbox, "{", "c", None));
+        for _ in 0..4 {
+            assert!(publish(&outbox, "{", "c", None));
+        }
         assert!(!publish(&outbox, "{", "c", None));
         assert_eq!(outbox.close_reason(), Some(SLOW_CLIENT));
     }
