@@ -329,6 +329,12 @@ impl Policy {
                 errors.push(format!("{field}: must be at least 1"));
             }
         }
+        if self.room_limits.max_keys > crate::room::MAX_ROOM_KEYS {
+            errors.push(format!(
+                "max_room_keys: at most {} (wildcard positions are a 64-bit mask)",
+                crate::room::MAX_ROOM_KEYS
+            ));
+        }
         if !(self.messages_per_second.is_finite() && self.messages_per_second > 0.0) {
             errors.push("messages_per_second: must be a positive number".to_string());
         }

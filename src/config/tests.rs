@@ -127,6 +127,30 @@ fn policy_tables_are_read_and_checked() {
 }
 
 #[test]
+fn rooms_wider_than_the_wildcard_mask_are_refused_at_start() {
+    let config = Config::from_toml("[limits]\nmax_room_keys = 64\n").expect("64 fits");
+    assert_eq!(config.policy.room_limits.max_keys, 64);
+    let err = Config::from_toml("[limits]\nmax_room_keys = 65\n").expect_err("65 does not");
+    assert!(
+        err.to_string().contains("max_room_keys: at most 64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn history_settings_take_durations_and_sizes() {
+    let config =
+        Config::from_toml("history_ttl = \"90s\"\nhistory_memory = \"8MiB\"\n").expect("valid");
+    assert_eq!(config.history.ttl, Duration::from_secs(90));
+    assert_eq!(config.history.memory, 8 * 1024 * 1024);
+    let config = Config::from_toml("history_ttl = 0\nhistory_memory = 1000\n").expect("valid");
+    assert!(!config.history.enabled());
+    assert_eq!(config.history.memory, 1000);
+    let err = Config::from_toml("history_memory = \"lots\"\n").expect_err("invalid");
+    assert!(err.to_string().contains("history_memory:"), "{err}");
+}
+
+#[test]
 fn broker_sources_are_read_with_defaults() {
     let config = Config::from_toml(
         r#"

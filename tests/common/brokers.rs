@@ -1,7 +1,6 @@
 //! The machine's real RabbitMQ and Redis, for the trigger source tests.
 //!
-//! When a broker is unreachable: with `CI=true` the test fails (CI must run them); otherwise it
-//! prints a notice and returns, so a laptop without brokers can still run the rest.
+//! When a broker is unreachable the test fails, in CI and outside it (never a silent pass).
 
 use std::time::Duration;
 
@@ -29,11 +28,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
-fn missing(service: &str, error: &dyn std::fmt::Display) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{service} is not reachable in CI (scripts/ci-brokers.sh starts it): {error}");
-    }
-    eprintln!("NOTICE: {service} not reachable ({error}); test skipped outside CI");
+/// A broker test without its broker fails, in CI and outside it: a test that returned early
+/// would report a pass for what it never checked.
+fn missing(service: &str, error: &dyn std::fmt::Display) -> ! {
+    panic!(
+        "{service} is not reachable ({error}): scripts/ci-brokers.sh installs and starts it, \
+         or run `cargo test -- --skip amqp --skip redis` knowingly"
+    );
 }
 
 /// A plain AMQP publisher, as a high-templar 3.1 backend is (pika's `basic_publish`).
@@ -43,26 +44,20 @@ pub struct AmqpPublisher {
 }
 
 impl AmqpPublisher {
-    /// Connects, or returns `None` (outside CI) when RabbitMQ is not there.
-    pub async fn connect() -> Option<AmqpPublisher> {
+    /// Connects; fails the test when RabbitMQ is not there.
+    pub async fn connect() -> AmqpPublisher {
         let url = amqp_url();
         let connect = Connection::connect(&url, ConnectionProperties::default());
         let connection = match tokio::time::timeout(WAIT, connect).await {
             Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                missing("RabbitMQ", &error);
-                return None;
-            }
-            Err(_) => {
-                missing("RabbitMQ", &"connect timed out");
-                return None;
-            }
+            Ok(Err(error)) => missing("RabbitMQ", &error),
+            Err(_) => missing("RabbitMQ", &"connect timed out"),
         };
         let channel = connection.create_channel().await.expect("channel");
-        Some(AmqpPublisher {
+        AmqpPublisher {
             connection,
             channel,
-        })
+        }
     }
 
     /// Removes a test's exchange (they are not durable, but would stay until a broker restart).
@@ -90,20 +85,13 @@ impl AmqpPublisher {
     }
 }
 
-/// A Redis connection for PUBLISH and admin commands, or `None` (outside CI) when Redis is not
-/// there.
-pub async fn redis_connection() -> Option<redis::aio::MultiplexedConnection> {
+/// A Redis connection for PUBLISH and admin commands; fails the test when Redis is not there.
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(redis_url()).expect("redis url");
     match tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(connection)) => Some(connection),
-        Ok(Err(error)) => {
-            missing("Redis", &error);
-            None
-        }
-        Err(_) => {
-            missing("Redis", &"connect timed out");
-            None
-        }
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => missing("Redis", &error),
+        Err(_) => missing("Redis", &"connect timed out"),
     }
 }
 
