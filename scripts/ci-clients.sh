@@ -53,6 +53,9 @@ cmp -s clients/js/dist/index.js src/demo/page/client.js ||
 step "TypeScript client: tests against the binary"
 node_tests client-tests test/client.test.mjs
 
+step "TypeScript client: recovery (positions, resume, gap notices) against the binary"
+node_tests recovery-tests test/recovery.test.mjs
+
 step "demo page in headless Chromium"
 node_tests browser-tests test/browser.test.mjs
 [ -s "$ARTIFACTS/demo.png" ] || fail "no screenshot at $ARTIFACTS/demo.png"
