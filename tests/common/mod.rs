@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod brokers;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
