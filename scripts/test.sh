@@ -17,6 +17,9 @@ fi
 echo "== cargo test"
 cargo test --locked
 
+echo "== Autobahn fuzzing client against the websocket layer (examples/autobahn_echo.rs)"
+./scripts/ci-autobahn.sh
+
 echo "== clients and demo page (TypeScript, Python, headless Chromium)"
 ./scripts/ci-clients.sh
 
