@@ -19,8 +19,8 @@ for scenario in "fanout --clients 10000 --triggers 100" "rooms --clients 10000 -
             ttl=5m
             [ "$mode" = off ] && ttl=0
             # shellcheck disable=SC2086 # the scenario string is split on purpose
-            line=$(HT_HISTORY_TTL=$ttl "$bench" $scenario --runs 1 --timeout 120 2>&1 |
-                grep -m1 'msgs/s [0-9]')
+            out=$(HT_HISTORY_TTL=$ttl "$bench" $scenario --runs 1 --timeout 120 2>&1)
+            line=$(grep -m1 'msgs/s [0-9]' <<<"$out")
             rate=$(sed -E 's/.*msgs\/s ([0-9]+).*/\1/' <<<"$line")
             lost=$(sed -E 's/.*lost ([0-9]+).*/\1/' <<<"$line")
             echo "$(date -u +%H:%M:%S) $scenario history $mode run $run: $rate msgs/s, lost $lost" >&2
