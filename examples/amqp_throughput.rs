@@ -77,6 +77,7 @@ async fn measure(total: u64) -> anyhow::Result<()> {
             url: url.clone(),
             exchange: exchange.clone(),
             publish_http_triggers: false,
+            stream: None,
         }),
         ..Config::default()
     };
