@@ -20,5 +20,8 @@ cargo test --locked
 echo "== clients and demo page (TypeScript, Python, headless Chromium)"
 ./scripts/ci-clients.sh
 
+echo "== scale-out: three nodes on one stream behind nginx, a node SIGKILLed (TypeScript client)"
+./scripts/ci-scale-out.sh
+
 echo "== benchmark smoke run (tiny sizes, no timing assertions)"
 ./scripts/ci-bench-smoke.sh
