@@ -88,13 +88,17 @@ async fn measure(total: u64) -> anyhow::Result<()> {
     println!("== shared stream (amqp_stream)");
     let exchange = format!("ht-bench-{}", uuid::Uuid::new_v4());
     let stream = format!("ht-bench-{}", uuid::Uuid::new_v4());
-    let node = Server::new(node_config(&exchange, Some(&stream))?).start().await?;
+    let node = Server::new(node_config(&exchange, Some(&stream))?)
+        .start()
+        .await?;
     consume(&node, &exchange, total).await?;
 
     println!("== warm-up of a node starting on that stream");
     let cpu_before = process_cpu();
     let started = Instant::now();
-    let second = Server::new(node_config(&exchange, Some(&stream))?).start().await?;
+    let second = Server::new(node_config(&exchange, Some(&stream))?)
+        .start()
+        .await?;
     let status = wait(|| {
         let status = second.status();
         (status["stream"]["warm_up"]["state"] == "warm").then_some(status)
@@ -174,7 +178,9 @@ async fn wait<T>(mut ready: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
 async fn consume(node: &Handle, exchange: &str, total: u64) -> anyhow::Result<()> {
     wait(|| {
         let status = node.status();
-        let warm = status.get("stream").is_none_or(|s| s["warm_up"]["state"] == "warm");
+        let warm = status
+            .get("stream")
+            .is_none_or(|s| s["warm_up"]["state"] == "warm");
         (status["amqp_connected"] == true && warm).then_some(())
     })
     .await?;

@@ -429,8 +429,8 @@ mod tests {
         let mut h = History::new(LIMITS);
         h.lose_through(41);
         assert!(!h.holds_after(40) && h.holds_after(41));
-        h.append(trigger(45, json!([{"c": 1}])), 0);
-        h.append(trigger(50, json!([{"c": 1}])), 0);
+        h.append(trigger(45, json!([{"c": "1"}])), 0);
+        h.append(trigger(50, json!([{"c": "1"}])), 0);
         assert_eq!(positions(&h, json!({"c": "1"}), 41), vec![45, 50]);
         h.lose_through(47);
         assert_eq!(h.lost_through(), 47);

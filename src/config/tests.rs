@@ -180,7 +180,10 @@ fn a_stream_has_its_retention_and_always_publishes_http_triggers() {
     )
     .expect("valid");
     let amqp = config.amqp.expect("amqp on");
-    assert!(amqp.publish_http_triggers, "a stream implies publish-through");
+    assert!(
+        amqp.publish_http_triggers,
+        "a stream implies publish-through"
+    );
     assert_eq!(
         amqp.stream,
         Some(StreamSettings {
@@ -232,10 +235,14 @@ fn a_stream_must_keep_the_history_and_give_every_trigger_a_position() {
     }
     let err = Config::from_toml("amqp_stream = \"log\"\namqp_stream_max_age = 7200")
         .expect_err("needs a url");
-    assert!(err.to_string().contains("amqp_stream: needs amqp_url"), "{err}");
+    assert!(
+        err.to_string().contains("amqp_stream: needs amqp_url"),
+        "{err}"
+    );
     let err = Config::from_toml("amqp_stream_max_bytes = \"2GiB\"").expect_err("needs a stream");
     assert!(
-        err.to_string().contains("amqp_stream_max_bytes: needs amqp_stream"),
+        err.to_string()
+            .contains("amqp_stream_max_bytes: needs amqp_stream"),
         "{err}"
     );
 }

@@ -16,7 +16,10 @@
 //!   drops the oldest segments of the stream) never removes the last one while a node runs.
 //!   A losing claim that outlives the winning one is harmless: marks come first in the rule.
 //! - A recreated stream holds no marker: the first node to read it claims a new epoch, so an
-//!   old position never passes for a position in the new stream. A stream whose every marker
+//!   old position never passes for a position in the new stream. Claims and marks carry the
+//!   newest offset their node had read: one found at an offset not above that was published
+//!   into another instance of the stream (a node that had not yet noticed the recreation) and
+//!   is ignored. A stream whose every marker
 //!   was dropped by retention (all nodes away for longer than `amqp_stream_max_age`) gets a
 //!   new epoch too: clients then refetch (`recovered:false`) rather than risk a hole.
 //!
@@ -31,7 +34,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
-use super::marker::Marker;
+use super::marker::{stream_offset, Marker};
 use super::new_id;
 use crate::sources::amqp::{AckBatch, PREFETCH};
 use crate::sources::SourceError;
@@ -41,6 +44,8 @@ pub(super) struct Found {
     pub epoch: String,
     /// Messages read to find it.
     pub read: u64,
+    /// The newest offset read: certainly in this instance of the stream.
+    pub last_offset: u64,
 }
 
 /// Reads `stream` from its start until its epoch is known, publishing the probe and, if the
@@ -77,6 +82,7 @@ pub(super) async fn find(
     let mut first_claim: Option<String> = None;
     let mut claimed = false;
     let mut read = 0;
+    let mut last_offset = 0;
     let epoch = loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
@@ -91,20 +97,39 @@ pub(super) async fn find(
             }
         };
         read += 1;
-        let marker = Marker::read(delivery.properties.headers().as_ref());
+        let headers = delivery.properties.headers().as_ref();
+        let offset = stream_offset(headers).unwrap_or(0);
+        last_offset = last_offset.max(offset);
+        let marker = match Marker::read(headers) {
+            Some(Ok(marker)) if marker.is_of_this_stream(offset) => Some(marker),
+            Some(Ok(stale)) => {
+                tracing::warn!(
+                    stream,
+                    ?stale,
+                    offset,
+                    "a marker of a deleted stream; ignored"
+                );
+                None
+            }
+            _ => None,
+        };
         acks.add(delivery.acker).await?;
         match marker {
-            Some(Ok(Marker::Mark { epoch, .. })) => break epoch,
-            Some(Ok(Marker::Claim { epoch })) if claimed => break epoch,
-            Some(Ok(Marker::Claim { epoch })) => {
+            Some(Marker::Mark { epoch, .. }) => break epoch,
+            Some(Marker::Claim { epoch, .. }) if claimed => break epoch,
+            Some(Marker::Claim { epoch, .. }) => {
                 first_claim.get_or_insert(epoch);
             }
-            Some(Ok(Marker::Probe { id })) if id == probe => match first_claim.take() {
+            Some(Marker::Probe { id }) if id == probe => match first_claim.take() {
                 Some(epoch) => break epoch,
                 None => {
                     let epoch = new_id("s");
                     tracing::info!(stream, %epoch, "the stream has no epoch yet: claiming one");
-                    Marker::Claim { epoch }.publish(publish, stream).await?;
+                    let claim = Marker::Claim {
+                        epoch,
+                        after: offset,
+                    };
+                    claim.publish(publish, stream).await?;
                     claimed = true;
                 }
             },
@@ -114,5 +139,9 @@ pub(super) async fn find(
     acks.flush().await?;
     // Its consumer goes with it; a failure here only leaves a channel the connection closes.
     let _ = channel.close(200, "epoch found".into()).await;
-    Ok(Some(Found { epoch, read }))
+    Ok(Some(Found {
+        epoch,
+        read,
+        last_offset,
+    }))
 }

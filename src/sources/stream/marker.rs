@@ -20,6 +20,9 @@ const EPOCH: &str = "x-high-templar-epoch";
 const ID: &str = "x-high-templar-id";
 /// When a mark was published (ms since the Unix epoch), by its node's clock.
 const SENT_MS: &str = "x-high-templar-sent-ms";
+/// The newest offset the publisher of a claim or mark had read in the stream: the marker's
+/// own offset must be above it, or it was published into another instance of the stream.
+const AFTER: &str = "x-high-templar-after";
 /// The header RabbitMQ adds to every message consumed from a stream: its offset.
 const STREAM_OFFSET: &str = "x-stream-offset";
 
@@ -29,7 +32,7 @@ pub(crate) enum Marker {
     /// A point in the stream a node waits to read back: where it stands relative to the tail.
     Probe { id: String },
     /// A candidate epoch, published by a node that found no epoch in the stream.
-    Claim { epoch: String },
+    Claim { epoch: String, after: u64 },
     /// The epoch in force, published by every node at start and every
     /// [`super::MARK_INTERVAL`] after, so that retention never removes the last one; also how
     /// a node measures how far behind the tail it reads.
@@ -37,6 +40,7 @@ pub(crate) enum Marker {
         epoch: String,
         node: String,
         sent_ms: u64,
+        after: u64,
     },
 }
 
@@ -57,20 +61,20 @@ impl Marker {
             Marker::Probe { id } => {
                 headers.insert(ID.into(), text(id));
             }
-            Marker::Claim { epoch } => {
+            Marker::Claim { epoch, after } => {
                 headers.insert(EPOCH.into(), text(epoch));
+                headers.insert(AFTER.into(), long(*after));
             }
             Marker::Mark {
                 epoch,
                 node,
                 sent_ms,
+                after,
             } => {
                 headers.insert(EPOCH.into(), text(epoch));
                 headers.insert(ID.into(), text(node));
-                headers.insert(
-                    SENT_MS.into(),
-                    AMQPValue::LongLongInt(i64::try_from(*sent_ms).unwrap_or(i64::MAX)),
-                );
+                headers.insert(SENT_MS.into(), long(*sent_ms));
+                headers.insert(AFTER.into(), long(*after));
             }
         }
         headers
@@ -82,22 +86,36 @@ impl Marker {
         let headers = headers?.inner();
         let kind = text(headers.get(KIND)?);
         let string = |key: &str| headers.get(key).and_then(text).map(str::to_string);
+        let number = |key: &str| headers.get(key).and_then(integer);
         let marker = match kind {
             Some("probe") => string(ID).map(|id| Marker::Probe { id }),
-            Some("claim") => string(EPOCH).map(|epoch| Marker::Claim { epoch }),
-            Some("mark") => match (string(EPOCH), string(ID), headers.get(SENT_MS)) {
-                (Some(epoch), Some(node), Some(sent)) => {
-                    integer(sent).map(|sent_ms| Marker::Mark {
-                        epoch,
-                        node,
-                        sent_ms,
-                    })
-                }
+            Some("claim") => match (string(EPOCH), number(AFTER)) {
+                (Some(epoch), Some(after)) => Some(Marker::Claim { epoch, after }),
+                _ => None,
+            },
+            Some("mark") => match (string(EPOCH), string(ID), number(SENT_MS), number(AFTER)) {
+                (Some(epoch), Some(node), Some(sent_ms), Some(after)) => Some(Marker::Mark {
+                    epoch,
+                    node,
+                    sent_ms,
+                    after,
+                }),
                 _ => None,
             },
             _ => None,
         };
         Some(marker.ok_or(()))
+    }
+
+    /// Whether the marker, read at `offset`, belongs to this instance of the stream: its
+    /// publisher had read up to `after` in the instance it published into, so the marker
+    /// comes after that. A node that had not yet noticed that the stream was deleted and
+    /// recreated could publish an old epoch into the new stream; it is recognised here.
+    pub fn is_of_this_stream(&self, offset: u64) -> bool {
+        match self {
+            Marker::Probe { .. } => true,
+            Marker::Claim { after, .. } | Marker::Mark { after, .. } => *after < offset,
+        }
     }
 
     /// Publishes the marker into `stream` and waits for the broker's confirm (the channel is
@@ -129,6 +147,10 @@ pub fn stream_offset(headers: Option<&FieldTable>) -> Option<u64> {
     integer(headers?.inner().get(STREAM_OFFSET)?)
 }
 
+fn long(n: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 fn text(value: &AMQPValue) -> Option<&str> {
     match value {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
@@ -158,16 +180,34 @@ mod tests {
     fn markers_read_back_as_published() {
         for marker in [
             Marker::Probe { id: "p1".into() },
-            Marker::Claim { epoch: "s1".into() },
+            Marker::Claim {
+                epoch: "s1".into(),
+                after: 0,
+            },
             Marker::Mark {
                 epoch: "s1".into(),
                 node: "n".into(),
                 sent_ms: 1_700_000_000_000,
+                after: 41,
             },
         ] {
             let headers = marker.headers();
             assert_eq!(Marker::read(Some(&headers)), Some(Ok(marker)));
         }
+    }
+
+    #[test]
+    fn a_marker_from_before_a_recreation_is_not_of_this_stream() {
+        let mark = |after| Marker::Mark {
+            epoch: "s-old".into(),
+            node: "n".into(),
+            sent_ms: 0,
+            after,
+        };
+        assert!(mark(41).is_of_this_stream(42));
+        // Published by a node that had read offset 5,000 of the deleted stream, found at
+        // offset 2 of the new one.
+        assert!(!mark(5_000).is_of_this_stream(2));
     }
 
     #[test]

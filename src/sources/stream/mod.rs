@@ -70,6 +70,11 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// reads at most this long of triggers, and the lag is measured this often. Three nodes add
 /// 0.6 messages/s of ~200 bytes to the stream.
 pub const MARK_INTERVAL: Duration = Duration::from_secs(5);
+/// How much further back than "now − history ttl" a warm-up starts reading: the start is a
+/// timestamp on the broker's clock, computed on the node's, and the warm-up must not start
+/// after its own probe; so node and broker clocks may differ by this much. 30 s of extra
+/// reading is cheap, and what it reads is older than the ttl (let go of at once).
+const WARM_START_MARGIN: Duration = Duration::from_secs(30);
 /// Marks published but not read back that the lag measurement remembers (12 minutes of
 /// them): beyond that the node is so far behind that the oldest one says enough.
 const MAX_UNREAD_MARKS: usize = 144;
@@ -212,29 +217,32 @@ impl Session<'_> {
         let epoch: Arc<str> = found.epoch.into();
         self.link.connected();
 
+        let resume = self.status.resume_point(&epoch);
+        let limits = self.node.sequencer.limits();
+        let ttl_ms = u64::try_from(limits.ttl.as_millis()).unwrap_or(u64::MAX);
+        // Before the probe below, so that the warm-up cannot start after it.
+        let warm_from_ms = now_ms()
+            .saturating_sub(ttl_ms)
+            .saturating_sub(WARM_START_MARGIN.as_millis() as u64);
+        let start = match resume {
+            Some(offset) => AMQPValue::LongLongInt(i64::try_from(offset + 1).unwrap_or(i64::MAX)),
+            None => AMQPValue::Timestamp(warm_from_ms / 1000),
+        };
         // The tail as of now: the warm-up (or the catch-up) ends where this probe is read.
         let probe = new_id("p");
         Marker::Probe { id: probe.clone() }
             .publish(self.publish, name)
             .await?;
-        let resume = self.status.resume_point(&epoch);
-        let limits = self.node.sequencer.limits();
-        let start = match resume {
-            Some(offset) => AMQPValue::LongLongInt(i64::try_from(offset + 1).unwrap_or(i64::MAX)),
-            None => {
-                let ttl_ms = u64::try_from(limits.ttl.as_millis()).unwrap_or(u64::MAX);
-                AMQPValue::Timestamp(now_ms().saturating_sub(ttl_ms) / 1000)
-            }
-        };
         let mut reader = Reader {
             session: &self,
             epoch,
             probe,
             last: resume,
+            known: resume.unwrap_or(0).max(found.last_offset),
             warm: resume.is_none().then(|| Warm {
                 history: History::new(limits),
                 top: 0,
-                clock_ms: now_ms().saturating_sub(limits.ttl.as_millis() as u64),
+                clock_ms: warm_from_ms,
                 started: Instant::now(),
                 read: 0,
             }),
@@ -315,6 +323,8 @@ struct Reader<'a> {
     probe: String,
     /// The last offset taken in.
     last: Option<u64>,
+    /// The newest offset known to be in this instance of the stream (marks carry it).
+    known: u64,
     /// `Some` while warming.
     warm: Option<Warm>,
     /// When the node's marks not yet read back were published, oldest first.
@@ -329,6 +339,7 @@ impl Reader<'_> {
             epoch: self.epoch.to_string(),
             node: self.session.status.node_id.clone(),
             sent_ms,
+            after: self.last.unwrap_or(0).max(self.known),
         };
         mark.publish(self.session.publish, &self.session.settings.name)
             .await?;
@@ -377,6 +388,7 @@ impl Reader<'_> {
                 epoch,
                 node: from,
                 sent_ms,
+                ..
             })) => {
                 if let Some(warm) = &mut self.warm {
                     warm.clock_ms = warm.clock_ms.max(sent_ms);
