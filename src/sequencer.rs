@@ -253,3 +253,111 @@ impl Sequencer {
         (log.top, log.history.len(), log.history.bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, QueueBound, Wire};
+    use crate::room::RoomLimits;
+    use crate::stats::Stats;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const LIMITS: HistoryLimits = HistoryLimits {
+        ttl: Duration::from_secs(60),
+        memory: 1 << 20,
+    };
+
+    fn room() -> Room {
+        Room::parse(&json!({"chat": "1"}), &RoomLimits::default()).expect("room")
+    }
+
+    fn trigger(n: u64) -> Trigger {
+        let body = json!({"rooms": [{"chat": "1"}], "data": n}).to_string();
+        Trigger::parse(body.as_bytes(), &RoomLimits::default()).expect("trigger")
+    }
+
+    /// A subscription with positions, live, and its outbox.
+    fn positioned(sequencer: &Sequencer, hub: &Hub) -> Outbox {
+        let outbox = Outbox::new(QueueBound::frames(64), Arc::new(Stats::new()));
+        let subscriber = Subscriber {
+            outbox: outbox.clone(),
+            request_id_json: "\"r\"".into(),
+            positions: Some(Arc::new(AtomicBool::new(false))),
+        };
+        let replaying = AtomicBool::new(false);
+        sequencer.subscribe(hub, &room(), 1, subscriber, None, &replaying, |_| {});
+        outbox
+    }
+
+    fn queued(outbox: &Outbox) -> String {
+        let mut wire = Wire::default();
+        outbox.take(&mut wire);
+        String::from_utf8_lossy(&wire.to_vec()).into_owned()
+    }
+
+    #[test]
+    fn positions_from_a_shared_log_never_go_backwards() {
+        let (sequencer, hub) = (Sequencer::new(LIMITS), Hub::new());
+        let outbox = positioned(&sequencer, &hub);
+        assert_eq!(sequencer.publish_at(trigger(1), 10, &hub), Some(1));
+        assert_eq!(sequencer.publish_at(trigger(1), 10, &hub), None, "again");
+        assert_eq!(sequencer.publish_at(trigger(0), 7, &hub), None, "older");
+        assert_eq!(sequencer.publish_at(trigger(2), 12, &hub), Some(1));
+        let text = queued(&outbox);
+        assert!(
+            text.contains(r#""data":1,"requestId":"r","offset":10}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""offset":12}"#) && !text.contains(r#""offset":7}"#));
+        assert_eq!(sequencer.sizes().0, 12);
+    }
+
+    #[test]
+    fn a_loss_in_the_log_is_a_gap_notice_and_not_recovered() {
+        let (sequencer, hub) = (Sequencer::new(LIMITS), Hub::new());
+        let outbox = positioned(&sequencer, &hub);
+        sequencer.publish_at(trigger(1), 3, &hub);
+        queued(&outbox);
+        sequencer.lose_through(9, &hub);
+        let text = queued(&outbox);
+        assert!(
+            text.ends_with(r#"{"type":"gap","requestId":"r","offset":9}"#),
+            "{text}"
+        );
+        sequencer.lose_through(5, &hub);
+        assert_eq!(queued(&outbox), "", "nothing new was lost");
+        let epoch = sequencer.epoch().to_string();
+        let since = Since { epoch, offset: 3 };
+        let replaying = AtomicBool::new(false);
+        let subscriber = Subscriber {
+            outbox: outbox.clone(),
+            request_id_json: "\"s\"".into(),
+            positions: Some(Arc::new(AtomicBool::new(false))),
+        };
+        let joined = sequencer.subscribe(
+            &hub,
+            &room(),
+            2,
+            subscriber,
+            Some(&since),
+            &replaying,
+            |_| {},
+        );
+        assert_eq!(joined.recovered, Some(Err(NotRecovered::Expired)));
+        assert_eq!(joined.top, 9);
+    }
+
+    #[test]
+    fn adopting_another_epoch_closes_subscriptions_with_positions() {
+        let (sequencer, hub) = (Sequencer::new(LIMITS), Hub::new());
+        let outbox = positioned(&sequencer, &hub);
+        let epoch = sequencer.epoch();
+        assert!(!sequencer.adopt(epoch.clone(), History::new(LIMITS), 0, &hub));
+        assert!(!outbox.is_closing(), "the same epoch changes nothing");
+        assert!(sequencer.adopt("s-new".into(), History::new(LIMITS), 40, &hub));
+        assert_eq!(outbox.close_reason(), Some(EPOCH_CHANGED));
+        assert_eq!(&*sequencer.epoch(), "s-new");
+        assert_eq!(sequencer.sizes().0, 40);
+    }
+}
