@@ -80,7 +80,15 @@ impl Node {
     }
 
     /// Takes in a batch of triggers from `source`; returns the subscriptions reached.
+    /// A node reading a shared stream takes triggers from it only: one taken in here would
+    /// have no stream position, so it is refused (counted as invalid) — the configuration
+    /// forbids the sources that would do it, this guards hand-built ones.
     pub(crate) fn publish(&self, triggers: Vec<Trigger>, source: TriggerSource) -> usize {
+        if self.stream.is_some() {
+            Stats::add(&self.stats.triggers_invalid, triggers.len() as u64);
+            tracing::warn!(?source, "a trigger outside the shared stream refused");
+            return 0;
+        }
         for _ in &triggers {
             self.stats.trigger_received(source);
         }

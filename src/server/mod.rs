@@ -100,7 +100,11 @@ impl Server {
         let stats = Arc::new(Stats::new());
         let policy = &self.config.policy;
         let amqp_publisher = match &self.config.amqp {
-            Some(amqp) if amqp.publish_http_triggers => Some(Publisher::new(&amqp.exchange)),
+            // With a stream, HTTP triggers must go through the exchange to get a position,
+            // whatever a hand-built config says.
+            Some(amqp) if amqp.publish_http_triggers || amqp.stream.is_some() => {
+                Some(Publisher::new(&amqp.exchange))
+            }
             _ => None,
         };
         let stream = self
