@@ -291,6 +291,21 @@ impl Hub {
         delivered
     }
 
+    /// Calls `f` with every subscription with positions (an epoch change closes them, a loss
+    /// in the shared log notifies them). Walks every room: rare events only.
+    pub fn for_each_positioned(&self, mut f: impl FnMut(&Subscriber)) {
+        let state = self.read();
+        for shape in state.shapes.values() {
+            for entry in shape.rooms.values() {
+                entry
+                    .subscribers
+                    .values()
+                    .filter(|s| s.positions.is_some())
+                    .for_each(&mut f);
+            }
+        }
+    }
+
     /// Rooms with at least one subscription.
     pub fn num_rooms(&self) -> usize {
         self.read().num_rooms

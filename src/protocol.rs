@@ -390,6 +390,8 @@ pub enum TriggerError {
     Malformed(String),
     #[error("a batch must hold at most {0} triggers")]
     BatchTooLarge(usize),
+    #[error("this node reads a shared stream (amqp_stream): publish into the exchange")]
+    StreamOnly,
 }
 
 /// A parsed trigger: its rooms, and the publish frame's bytes up to the requestId.

@@ -119,20 +119,6 @@ async fn two_nodes_each_deliver_one_trigger_exactly_once() {
     publisher.delete_exchange(&exchange).await;
 }
 
-/// The broker's id of `server`'s connection, found by the name the server gives it.
-fn connection_pid(server: &Handle) -> String {
-    let needle = format!("on {}\"", server.local_addr);
-    let listing = admin(
-        "rabbitmqctl",
-        &["-q", "list_connections", "pid", "client_properties"],
-    );
-    let line = listing
-        .lines()
-        .find(|line| line.contains(&needle))
-        .unwrap_or_else(|| panic!("no connection named {needle} in {listing}"));
-    line.split('\t').next().expect("pid column").to_string()
-}
-
 #[tokio::test]
 async fn a_lost_broker_connection_comes_back_without_a_restart() {
     let publisher = AmqpPublisher::connect().await;
@@ -145,7 +131,7 @@ async fn a_lost_broker_connection_comes_back_without_a_restart() {
         .await;
     assert_eq!(client.recv_json().await["data"], 1);
 
-    let pid = connection_pid(&server);
+    let pid = connection_pid(server.local_addr);
     admin(
         "rabbitmqctl",
         &[
@@ -167,7 +153,7 @@ async fn a_lost_broker_connection_comes_back_without_a_restart() {
     );
 
     // Shutdown closes the broker connection too.
-    let pid = connection_pid(&server);
+    let pid = connection_pid(server.local_addr);
     server.shutdown(Duration::from_secs(5)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while admin("rabbitmqctl", &["-q", "list_connections", "pid"]).contains(&pid) {

@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
-use high_templar::config::{AmqpSettings, RedisSettings};
+use high_templar::config::{
+    AmqpSettings, RedisSettings, StreamSettings, DEFAULT_AMQP_STREAM_MAX_AGE,
+    DEFAULT_AMQP_STREAM_MAX_BYTES,
+};
 use high_templar::{Config, Handle};
-use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
@@ -68,6 +71,14 @@ impl AmqpPublisher {
             .expect("exchange_delete");
     }
 
+    /// Deletes a queue or stream (a test's streams are durable: they would stay for good).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue_delete");
+    }
+
     /// `basic_publish(exchange, routing_key='*', body)`.
     pub async fn publish(&self, exchange: &str, body: &[u8]) {
         self.channel
@@ -101,8 +112,55 @@ pub fn with_amqp(mut config: Config, exchange: &str) -> Config {
         url: amqp_url(),
         exchange: exchange.to_string(),
         publish_http_triggers: false,
+        stream: None,
     });
     config
+}
+
+/// `config` reading the shared stream `stream`, bound to `exchange`, with the default
+/// retention (HTTP triggers are published through the exchange, as stream mode requires).
+pub fn with_stream(config: Config, exchange: &str, stream: &str) -> Config {
+    let mut config = with_amqp(config, exchange);
+    if let Some(amqp) = config.amqp.as_mut() {
+        amqp.publish_http_triggers = true;
+        amqp.stream = Some(StreamSettings {
+            name: stream.to_string(),
+            max_age: DEFAULT_AMQP_STREAM_MAX_AGE,
+            max_bytes: DEFAULT_AMQP_STREAM_MAX_BYTES,
+        });
+    }
+    config
+}
+
+/// Waits until `server` has warmed its history from its stream (and so is ready); returns
+/// the status's `stream` entry.
+pub async fn wait_warm(server: &Handle) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = server.status();
+        if status["stream"]["warm_up"]["state"] == "warm" {
+            return status["stream"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream did not warm: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The broker's id of the connection named after the node listening on `addr`.
+pub fn connection_pid(addr: std::net::SocketAddr) -> String {
+    let needle = format!("on {addr}\"");
+    let listing = admin(
+        "rabbitmqctl",
+        &["-q", "list_connections", "pid", "client_properties"],
+    );
+    let line = listing
+        .lines()
+        .find(|line| line.contains(&needle))
+        .unwrap_or_else(|| panic!("no connection named {needle} in {listing}"));
+    line.split('\t').next().expect("pid column").to_string()
 }
 
 /// `config` subscribed to `channel` at `url`.
