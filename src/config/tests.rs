@@ -127,6 +127,70 @@ fn policy_tables_are_read_and_checked() {
 }
 
 #[test]
+fn trusted_proxies_are_read_and_client_ip_header_says_what_replaced_it() {
+    let config = Config::from_toml("").expect("valid");
+    assert_eq!(
+        config.policy.trusted_proxies,
+        crate::proxy::TrustedProxies::default()
+    );
+    let config = Config::from_toml(
+        r#"
+        [security]
+        trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]
+        request_head_timeout = "2s"
+        "#,
+    )
+    .expect("valid");
+    let p = &config.policy;
+    assert_eq!(p.trusted_proxies.networks().len(), 2);
+    assert!(p.trusted_proxies.contains("192.0.2.7".parse().expect("ip")));
+    assert!(!p.trusted_proxies.contains("127.0.0.1".parse().expect("ip")));
+    assert_eq!(p.request_head_timeout, Duration::from_secs(2));
+    // An empty list trusts nobody.
+    let cli = Cli::try_parse_from(["high-templar", "--trusted-proxies", ""]).expect("cli");
+    let config = Config::merge(cli, FileConfig::default()).expect("valid");
+    assert_eq!(config.policy.trusted_proxies.networks(), &[]);
+
+    let err = Config::from_toml(
+        r#"
+        [security]
+        client_ip_header = "X-Real-IP"
+        trusted_proxies = ["nginx"]
+        request_head_timeout = "0"
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("client_ip_header: replaced by trusted_proxies"),
+        "{text}"
+    );
+    assert!(text.contains("trusted_proxies: \"nginx\""), "{text}");
+    assert!(text.contains("request_head_timeout:"), "{text}");
+    let cli = Cli::try_parse_from(["high-templar", "--client-ip-header", "X-Real-IP"]);
+    let err = Config::merge(cli.expect("cli"), FileConfig::default()).expect_err("invalid");
+    assert!(
+        err.to_string().contains("client_ip_header: replaced"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_summary_interval_is_read_and_0_turns_it_off() {
+    let config = Config::from_toml("").expect("valid");
+    assert_eq!(
+        config.log_summary_interval,
+        Some(DEFAULT_LOG_SUMMARY_INTERVAL)
+    );
+    let config = Config::from_toml("log_summary_interval = \"5s\"").expect("valid");
+    assert_eq!(config.log_summary_interval, Some(Duration::from_secs(5)));
+    let config = Config::from_toml("log_summary_interval = 0").expect("valid");
+    assert_eq!(config.log_summary_interval, None);
+    let config = Config::from_toml("[limits]\nmax_connections = 5").expect("valid");
+    assert_eq!(config.policy.max_connections, Some(5));
+}
+
+#[test]
 fn broker_sources_are_read_with_defaults() {
     let config = Config::from_toml(
         r#"
