@@ -23,7 +23,7 @@ async fn authorized(attempt: Attempt) -> Client {
         Attempt::Open(mut client) => {
             let first = client.recv_json().await;
             assert_eq!(first["is_authorized"], true, "first frame: {first}");
-            client
+            *client
         }
         other => panic!("expected an open websocket, got {other:?}"),
     }

@@ -9,10 +9,11 @@ use std::io;
 use crate::policy::Policy;
 
 /// Descriptors the node holds besides its sockets to clients and the backend: stdio (3), the
-/// runtime's epoll instance and waker (2), the signal pipe (2), two listeners, a broker
-/// connection for each of AMQP and Redis, the PEM files while TLS starts. An idle node with
-/// both brokers holds 16 (`ls /proc/PID/fd`); 64 leaves room for DNS lookups and whatever an
-/// embedding application opens.
+/// runtime's epoll instances and waker (3), the signal socket pair (3), two listeners and a
+/// spare descriptor each (`listener.rs`), a broker connection for each of AMQP and Redis, the
+/// PEM files while TLS starts. An idle node with both listeners and both brokers holds 17
+/// (`ls /proc/PID/fd`); 64 leaves room for DNS lookups and whatever an embedding application
+/// opens.
 pub const FIXED_RESERVE: u64 = 64;
 
 /// Sockets one listener holds before they are websockets (in a TLS handshake, sending a

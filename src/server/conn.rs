@@ -119,6 +119,12 @@ where
             result = connection.as_mut() => {
                 return match result {
                     Ok(()) => End::Done,
+                    // hyper's own header timer, started on the first poll, may ring in the
+                    // same instant as ours for the first head: the same refusal.
+                    Err(error) if error.is_timeout() && !head_seen.load(Ordering::Relaxed) => {
+                        End::HeadTimeout
+                    }
+                    // A kept-alive connection idle for as long: an ordinary end.
                     Err(error) if error.is_timeout() => End::Done,
                     Err(error) => End::Failed(error.to_string()),
                 };

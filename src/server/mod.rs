@@ -3,6 +3,11 @@
 //! `Server::new(config).backend(adapter).start()` is the framework entry point (the original's
 //! `create_app(settings, backend_adapter=...)`); the binary is this with the default
 //! [`HttpBackend`].
+//!
+//! A socket's way in: `capacity.rs` sizes the node from the open-files limit at start;
+//! `listener.rs` accepts (a place among the listener's pending sockets first, `pending.rs`);
+//! `conn.rs` serves the socket's HTTP (TLS, the request-head deadline) until `websocket.rs`
+//! upgrades it or `http.rs` answers it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -93,7 +98,9 @@ impl Server {
         self
     }
 
-    /// Binds the listeners and starts serving in the background.
+    /// Raises the process's soft open-files limit to the hard one (a process-wide setting:
+    /// every socket is a descriptor, and most systems start processes at 1,024), binds the
+    /// listeners and starts serving in the background.
     pub async fn start(self) -> Result<Handle, StartError> {
         let backend: Arc<dyn Backend> = match self.backend {
             Some(backend) => backend,

@@ -59,7 +59,7 @@ pub const SMALL_CLIENT_BUFFER: usize = 4 * 1024;
 #[derive(Debug)]
 pub enum Attempt {
     /// Upgraded (the first frame is not read yet).
-    Open(Client),
+    Open(Box<Client>),
     /// Refused with this HTTP status before the upgrade.
     Refused(u16),
     /// Reset, closed, or not answered within `WAIT`.
@@ -369,7 +369,7 @@ impl Client {
             Some(config),
         );
         match tokio::time::timeout(WAIT, handshake).await {
-            Ok(Ok((ws, _))) => Attempt::Open(Client { ws }),
+            Ok(Ok((ws, _))) => Attempt::Open(Box::new(Client { ws })),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 Attempt::Refused(response.status().as_u16())
             }
