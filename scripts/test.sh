@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 echo "== brokers: RabbitMQ and Redis up (installed with apt-get when missing)"
 APT_INSTALL=${APT_INSTALL:-1} ./scripts/ci-brokers.sh
 
-# The storm test holds ~10k sockets in one process.
+# The storm test holds ~10k sockets in one process; tests/open_files.rs starts the binary with a
+# soft limit of 1,024 and counts on it raising that to the hard limit, for 3,000 clients.
 hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$hard" -lt 14096 ]; then
     echo "test.sh: the hard open-files limit ($hard) is below the 14096 tests/storm.rs needs" >&2

@@ -1,14 +1,16 @@
 //! Admission of new websockets, before the upgrade: the origin check (cross-site websocket
-//! hijacking) and the per-node and per-IP connection limits.
+//! hijacking) and the per-node and per-IP connection limits. The client's IP is the one
+//! [`crate::proxy`] works out (the peer, or who a trusted proxy says it forwards).
 //!
 //! A page on another site can open a websocket to us that carries the victim's cookies; the
 //! browser always sends that page's `Origin`, so a foreign `Origin` is refused with 403. A
 //! request without `Origin` is not from a browser page, so not this attack, and is let in.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
 
@@ -41,13 +43,21 @@ impl Refusal {
     }
 }
 
+/// How often a full node says so at INFO: the first refusal says it, the summary line counts
+/// the rest.
+const NODE_FULL_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// Counts open websockets, node-wide and per client IP.
 pub(crate) struct Admission {
     policy: Policy,
+    /// The node-wide limit: the configured one, or what the open-files limit leaves room for.
+    max_connections: usize,
     stats: Arc<Stats>,
     open: AtomicUsize,
     // A std mutex: a map update per connect and disconnect, never held across an await.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// When "node full" was last logged; only touched while refusing.
+    full_logged: Mutex<Option<Instant>>,
 }
 
 /// Holds one connection's place; dropping it frees the place.
@@ -74,21 +84,19 @@ impl Drop for Ticket {
 }
 
 impl Admission {
-    pub fn new(policy: Policy, stats: Arc<Stats>) -> Admission {
+    pub fn new(policy: Policy, max_connections: usize, stats: Arc<Stats>) -> Admission {
         Admission {
             policy,
+            max_connections,
             stats,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            full_logged: Mutex::new(None),
         }
     }
 
-    /// Lets a websocket in, or says why not (and counts the refusal).
-    pub fn admit(
-        self: &Arc<Self>,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-    ) -> Result<Ticket, Refusal> {
+    /// Lets a websocket from `ip` in, or says why not (and counts the refusal).
+    pub fn admit(self: &Arc<Self>, headers: &HeaderMap, ip: IpAddr) -> Result<Ticket, Refusal> {
         let refusal = |r: Refusal, counter| {
             Stats::incr(counter);
             Err(r)
@@ -96,11 +104,11 @@ impl Admission {
         if !origin_allowed(headers, &self.policy.allowed_origins) {
             return refusal(Refusal::Origin, &self.stats.refused_origin);
         }
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.policy.max_connections {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
+            self.log_full();
             return refusal(Refusal::NodeFull, &self.stats.refused_node_full);
         }
-        let ip = self.client_ip(headers, peer);
         {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_ip.entry(ip).or_insert(0);
@@ -117,16 +125,16 @@ impl Admission {
         })
     }
 
-    /// The peer address, or the configured proxy header's first address when present.
-    fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-        self.policy
-            .client_ip_header
-            .as_ref()
-            .and_then(|name| headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(peer.ip())
+    /// A node event worth a line at INFO, but not one per refused client.
+    fn log_full(&self) {
+        let mut logged = self.full_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= NODE_FULL_LOG_EVERY) {
+            *logged = Some(Instant::now());
+            tracing::info!(
+                max_connections = self.max_connections,
+                "node full: new websockets get HTTP 503 (counted in the summary line)"
+            );
+        }
     }
 }
 

@@ -20,11 +20,15 @@
 //!   `Engine` trait, with the shared reconnect loop.
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
 //!   HTTP backend with forwarded headers and hooks.
-//! - [`stats`]: node-wide counters behind the `status` answer.
+//! - [`stats`]: node-wide counters behind the `status` answer; `summary` (private): the
+//!   periodic one-line summary of them at INFO.
 //! - [`config`]: the typed configuration (file, environment, flags); [`policy`]: its limits and
 //!   security part.
 //! - [`demo`]: `--demo`: a built-in backend letting everyone in, and the demo page at `/`.
-//! - [`server`]: listeners, routes (`/ws/`, `/trigger/`), start and shutdown.
+//! - [`proxy`]: who the client is behind a trusted proxy (per-IP limits, logs);
+//!   `admission` (private): origin check and connection limits before the upgrade.
+//! - [`server`]: listeners and their accept loop (open-files capacity, request-head deadline,
+//!   the bound on sockets not yet upgraded), routes (`/ws/`, `/trigger/`), start and shutdown.
 //!
 //! `main.rs` only parses the configuration and runs a [`Server`].
 
@@ -40,11 +44,13 @@ mod node;
 pub mod outbox;
 pub mod policy;
 pub mod protocol;
+pub mod proxy;
 pub mod room;
 pub mod sequencer;
 pub mod server;
 mod sources;
 pub mod stats;
+mod summary;
 mod sweeper;
 mod tls;
 mod ws;

@@ -147,19 +147,24 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "connections_opened",
+            "Authorised websockets opened",
+            &[("", "", &s.connections_opened)],
+        )?;
+        counter(
+            &mut e,
+            "connections_closed",
+            "Authorised websockets closed",
+            &[("", "", &s.connections_closed)],
+        )?;
+        let refusals = s
+            .refusals()
+            .map(|(reason, counter)| ("reason", reason, counter));
+        counter(
+            &mut e,
             "connections_refused",
-            "Websockets refused, by reason",
-            &[
-                ("reason", "unauthorized", &s.refused_unauthorized),
-                (
-                    "reason",
-                    "backend_unavailable",
-                    &s.refused_backend_unavailable,
-                ),
-                ("reason", "origin", &s.refused_origin),
-                ("reason", "node_full", &s.refused_node_full),
-                ("reason", "ip_full", &s.refused_ip_full),
-            ],
+            "Sockets refused or closed before becoming open websockets, by reason",
+            &refusals,
         )?;
         counter(
             &mut e,

@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::http::HeaderName;
 use serde::Deserialize;
 
 use crate::config::parse_duration;
+use crate::proxy::TrustedProxies;
 use crate::room::RoomLimits;
 
 /// Subscriptions per connection. 3.1 had no cap, and its own load test subscribes 1,500 rooms
@@ -27,9 +27,6 @@ pub const DEFAULT_MESSAGES_PER_SECOND: f64 = 200.0;
 /// Frames taken at once above the rate: a page subscribing to 1,500 rooms at load (3.1's load
 /// test) is answered without a pause.
 pub const DEFAULT_MESSAGE_BURST: u32 = 2_000;
-/// Open websockets per node. The fd hard limit here is 20,000; keep headroom for the
-/// listener, backend connections and broker sockets.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 19_000;
 /// Open websockets per client IP. Offices behind one NAT share an address, so this is a guard
 /// against one host exhausting the node, not a per-user limit.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
@@ -41,6 +38,11 @@ pub const DEFAULT_MAX_CONCURRENT_BOOTSTRAPS: usize = 64;
 pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// How long open connections get to close on SIGTERM/SIGINT before the process exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a new socket may take to send its request head (and its TLS handshake before it).
+/// A browser sends the head in the first packet after connecting, so a second is already
+/// generous across the world; 10 s also covers a phone on a bad link. A socket that trickles
+/// header bytes (slowloris) holds a descriptor for this long at most.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limit and security flags; flattened into [`crate::config::Cli`].
 #[derive(Debug, Default, clap::Args)]
@@ -73,7 +75,8 @@ pub struct PolicyCli {
     #[arg(long, env = "HT_CLOSE_FLOODERS")]
     pub close_flooders: bool,
 
-    /// Most open websockets on this node; more get HTTP 503 [default: 19000]
+    /// Most open websockets on this node; more get HTTP 503 [default: what the open-files
+    /// limit leaves room for, logged at start]
     #[arg(long, env = "HT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
@@ -81,10 +84,24 @@ pub struct PolicyCli {
     #[arg(long, env = "HT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 
-    /// Take the client IP from this header (set by your proxy, e.g. X-Real-IP) instead of the
-    /// peer address [default: the peer address]
-    #[arg(long, env = "HT_CLIENT_IP_HEADER", value_name = "HEADER")]
+    /// Proxies whose X-Forwarded-For / X-Real-IP name the client (for per-IP limits and
+    /// logs), comma-separated addresses or networks; "" trusts none [default: 127.0.0.0/8,::1]
+    #[arg(
+        long,
+        env = "HT_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+
+    /// Replaced by --trusted-proxies; setting it is an error that says so
+    #[arg(long, env = "HT_CLIENT_IP_HEADER", value_name = "HEADER", hide = true)]
     pub client_ip_header: Option<String>,
+
+    /// Time a new socket gets to send its request head (after its TLS handshake, within the
+    /// same time); slower ones are closed [default: 10s]
+    #[arg(long, env = "HT_REQUEST_HEAD_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub request_head_timeout: Option<Duration>,
 
     /// Most keys in a room object [default: 16]
     #[arg(long, env = "HT_MAX_ROOM_KEYS", value_name = "N")]
@@ -143,7 +160,10 @@ pub(crate) struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SecurityFile {
     allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    /// Only to say what replaced it.
     client_ip_header: Option<String>,
+    request_head_timeout: Option<String>,
     ws_ping_interval: Option<String>,
     reauth_interval: Option<String>,
     shutdown_grace: Option<String>,
@@ -169,9 +189,14 @@ pub struct Policy {
     pub message_burst: u32,
     /// Over budget: close with 1008 (true) or stop reading until the budget refills (false).
     pub close_flooders: bool,
-    pub max_connections: usize,
+    /// `None`: what the open-files limit leaves room for, worked out at start
+    /// (`server::capacity`).
+    pub max_connections: Option<usize>,
     pub max_connections_per_ip: usize,
-    pub client_ip_header: Option<HeaderName>,
+    /// Peers whose forwarded-address headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Deadline for a new socket's TLS handshake and request head.
+    pub request_head_timeout: Duration,
     pub room_limits: RoomLimits,
     pub max_concurrent_bootstraps: usize,
     /// `None`: no server pings.
@@ -190,9 +215,10 @@ impl Default for Policy {
             messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
             message_burst: DEFAULT_MESSAGE_BURST,
             close_flooders: false,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            client_ip_header: None,
+            trusted_proxies: TrustedProxies::default(),
+            request_head_timeout: DEFAULT_REQUEST_HEAD_TIMEOUT,
             room_limits: RoomLimits::default(),
             max_concurrent_bootstraps: DEFAULT_MAX_CONCURRENT_BOOTSTRAPS,
             ws_ping_interval: Some(DEFAULT_WS_PING_INTERVAL),
@@ -221,6 +247,7 @@ impl Policy {
         let file_ping = duration("ws_ping_interval", security.ws_ping_interval);
         let file_reauth = duration("reauth_interval", security.reauth_interval);
         let file_grace = duration("shutdown_grace", security.shutdown_grace);
+        let file_head = duration("request_head_timeout", security.request_head_timeout);
 
         let origins = if cli.allowed_origins.is_empty() {
             security.allowed_origins.unwrap_or_default()
@@ -237,16 +264,21 @@ impl Policy {
                 errors.push(format!("allowed_origins: {e}"));
             }
         }
-        let client_ip_header = cli
-            .client_ip_header
-            .or(security.client_ip_header)
-            .and_then(|h| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| {
-                        errors.push(format!("client_ip_header: {h:?} is not a header name"))
-                    })
-                    .ok()
-            });
+        if cli.client_ip_header.or(security.client_ip_header).is_some() {
+            errors.push(
+                "client_ip_header: replaced by trusted_proxies (--trusted-proxies): \
+                 X-Forwarded-For and X-Real-IP are read from those peers only (default \
+                 loopback, which covers nginx on the same host); remove client_ip_header"
+                    .to_string(),
+            );
+        }
+        let trusted_proxies = match cli.trusted_proxies.or(security.trusted_proxies) {
+            None => d.trusted_proxies.clone(),
+            Some(entries) => TrustedProxies::parse(&entries).unwrap_or_else(|e| {
+                errors.push(format!("trusted_proxies: {e}"));
+                d.trusted_proxies.clone()
+            }),
+        };
         let tls = match (
             cli.tls_cert.or(security.tls_cert),
             cli.tls_key.or(security.tls_key),
@@ -277,15 +309,16 @@ impl Policy {
                 .or(limits.message_burst)
                 .unwrap_or(d.message_burst),
             close_flooders: cli.close_flooders || limits.close_flooders.unwrap_or(false),
-            max_connections: cli
-                .max_connections
-                .or(limits.max_connections)
-                .unwrap_or(d.max_connections),
+            max_connections: cli.max_connections.or(limits.max_connections),
             max_connections_per_ip: cli
                 .max_connections_per_ip
                 .or(limits.max_connections_per_ip)
                 .unwrap_or(d.max_connections_per_ip),
-            client_ip_header,
+            trusted_proxies,
+            request_head_timeout: cli
+                .request_head_timeout
+                .or(file_head)
+                .unwrap_or(d.request_head_timeout),
             room_limits: RoomLimits {
                 max_keys: cli
                     .max_room_keys
@@ -318,7 +351,7 @@ impl Policy {
         let mut errors = Vec::new();
         let positive = [
             ("max_subscriptions", self.max_subscriptions),
-            ("max_connections", self.max_connections),
+            ("max_connections", self.max_connections.unwrap_or(1)),
             ("max_connections_per_ip", self.max_connections_per_ip),
             ("max_room_keys", self.room_limits.max_keys),
             ("max_room_value_len", self.room_limits.max_len),
@@ -338,6 +371,9 @@ impl Policy {
         }
         if !(self.messages_per_second.is_finite() && self.messages_per_second > 0.0) {
             errors.push("messages_per_second: must be a positive number".to_string());
+        }
+        if self.request_head_timeout.is_zero() {
+            errors.push("request_head_timeout: must be more than 0".to_string());
         }
         if self
             .reauth_interval

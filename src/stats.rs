@@ -58,6 +58,9 @@ impl SourceStatus {
 pub struct Stats {
     online_since: SystemTime,
     pub open_connections: AtomicU64,
+    /// Authorised websockets opened and closed since start (the summary line's figures).
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
     pub ws_messages_received: AtomicU64,
     pub ws_messages_send: AtomicU64,
     pub ws_messages_send_error: AtomicU64,
@@ -86,6 +89,13 @@ pub struct Stats {
     pub refused_origin: AtomicU64,
     pub refused_node_full: AtomicU64,
     pub refused_ip_full: AtomicU64,
+    /// Sockets closed for not sending their request head within `request_head_timeout`.
+    pub refused_head_timeout: AtomicU64,
+    /// Sockets closed before their request head to make room, the listener being at its bound
+    /// of sockets not yet upgraded.
+    pub refused_pending_full: AtomicU64,
+    /// Connections accepted only to be closed because the process was out of descriptors.
+    pub refused_out_of_fds: AtomicU64,
     pub rate_limited: AtomicU64,
     pub subscription_limit_hits: AtomicU64,
     pub frames_too_big: AtomicU64,
@@ -108,6 +118,8 @@ impl Stats {
         Stats {
             online_since: SystemTime::now(),
             open_connections: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
             ws_messages_received: AtomicU64::new(0),
             ws_messages_send: AtomicU64::new(0),
             ws_messages_send_error: AtomicU64::new(0),
@@ -132,6 +144,9 @@ impl Stats {
             refused_origin: AtomicU64::new(0),
             refused_node_full: AtomicU64::new(0),
             refused_ip_full: AtomicU64::new(0),
+            refused_head_timeout: AtomicU64::new(0),
+            refused_pending_full: AtomicU64::new(0),
+            refused_out_of_fds: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             subscription_limit_hits: AtomicU64::new(0),
             frames_too_big: AtomicU64::new(0),
@@ -185,6 +200,21 @@ impl Stats {
         }
     }
 
+    /// Every refusal counter with its reason, as the status, the metrics and the summary line
+    /// name it: a socket that never became an open, authorised websocket.
+    pub fn refusals(&self) -> [(&'static str, &AtomicU64); 8] {
+        [
+            ("unauthorized", &self.refused_unauthorized),
+            ("backend_unavailable", &self.refused_backend_unavailable),
+            ("origin", &self.refused_origin),
+            ("node_full", &self.refused_node_full),
+            ("ip_full", &self.refused_ip_full),
+            ("head_timeout", &self.refused_head_timeout),
+            ("pending_full", &self.refused_pending_full),
+            ("out_of_fds", &self.refused_out_of_fds),
+        ]
+    }
+
     pub fn triggers_received(&self) -> u64 {
         Self::get(&self.triggers_http)
             + Self::get(&self.triggers_amqp)
@@ -197,6 +227,11 @@ impl Stats {
     /// `amqp_connected`/`redis_connected` are `null` when that source is not configured.
     pub fn status(&self, num_rooms: usize, num_subscriptions: usize) -> Value {
         let online_since = humantime::format_rfc3339_seconds(self.online_since).to_string();
+        let refused: serde_json::Map<String, Value> = self
+            .refusals()
+            .into_iter()
+            .map(|(reason, counter)| (reason.to_string(), Self::get(counter).into()))
+            .collect();
         json!({
             "open_connections": Self::get(&self.open_connections),
             "num_rooms": num_rooms,
@@ -226,13 +261,7 @@ impl Stats {
             },
             "replayed": Self::get(&self.replayed),
             "backend_errors": Self::get(&self.backend_errors),
-            "connections_refused": {
-                "unauthorized": Self::get(&self.refused_unauthorized),
-                "backend_unavailable": Self::get(&self.refused_backend_unavailable),
-                "origin": Self::get(&self.refused_origin),
-                "node_full": Self::get(&self.refused_node_full),
-                "ip_full": Self::get(&self.refused_ip_full),
-            },
+            "connections_refused": refused,
             "limits_hit": {
                 "rate": Self::get(&self.rate_limited),
                 "subscriptions": Self::get(&self.subscription_limit_hits),

@@ -55,27 +55,6 @@ fn room() -> Value {
     json!({"storm": "all"})
 }
 
-/// Lifts the soft open-files limit to the hard one: the default soft limit (often 1024) is far
-/// below the ~4 sockets per client this test holds.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
-    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    assert_eq!(got, 0, "getrlimit: {}", std::io::Error::last_os_error());
-    assert!(
-        limit.rlim_max >= FDS_NEEDED,
-        "the hard open-files limit {} is below the {FDS_NEEDED} this test needs",
-        limit.rlim_max
-    );
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: as above.
-    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    assert_eq!(set, 0, "setrlimit: {}", std::io::Error::last_os_error());
-}
-
 /// What the publisher and the clients share.
 #[derive(Default)]
 struct Progress {
@@ -294,7 +273,7 @@ async fn wait_until_empty(server: &Handle) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_storm_serves_or_cleanly_refuses_everyone_and_loses_no_trigger() {
-    raise_fd_limit();
+    raise_fd_limit(FDS_NEEDED);
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": [{"storm": "*"}]}))).await;
     let mut config = config_for(&backend);
     // Every client comes from 127.0.0.1: the per-IP limit would refuse the storm before the

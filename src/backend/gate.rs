@@ -126,6 +126,7 @@ mod tests {
             headers: Default::default(),
             query: None,
             peer: "127.0.0.1:1".parse().expect("addr"),
+            client_ip: "127.0.0.1".parse().expect("ip"),
         }
     }
 

@@ -226,6 +226,7 @@ mod tests {
             headers: map,
             query: query.map(str::to_string),
             peer: "127.0.0.1:1".parse().expect("addr"),
+            client_ip: "127.0.0.1".parse().expect("ip"),
         }
     }
 

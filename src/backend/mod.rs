@@ -8,7 +8,7 @@ mod gate;
 mod headers;
 mod http;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -27,7 +27,11 @@ pub struct ConnectRequest {
     pub headers: HeaderMap,
     /// The raw query string, without the `?`.
     pub query: Option<String>,
+    /// The TCP peer: the client, or the proxy in front of it.
     pub peer: SocketAddr,
+    /// The client's address: the peer, or behind a trusted proxy the address it forwarded
+    /// (see [`crate::proxy`]). What per-IP limits count and logs show.
+    pub client_ip: IpAddr,
 }
 
 impl ConnectRequest {

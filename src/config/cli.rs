@@ -59,6 +59,11 @@ pub struct Cli {
     #[arg(long, env = "HT_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 
+    /// How often a one-line summary (connections opened, closed, refused by reason, triggers
+    /// in, messages out) is logged at INFO; 0 turns it off [default: 60s]
+    #[arg(long, env = "HT_LOG_SUMMARY_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub log_summary_interval: Option<Duration>,
+
     /// Timeout of every backend call [default: 10s]
     #[arg(long, env = "HT_BACKEND_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub backend_timeout: Option<Duration>,

@@ -20,6 +20,7 @@ pub(super) struct FileConfig {
     pub(super) trigger_token: Option<String>,
     pub(super) idle_timeout: Option<DurationValue>,
     pub(super) backend_timeout: Option<DurationValue>,
+    pub(super) log_summary_interval: Option<DurationValue>,
     #[serde(default)]
     pub(super) forward_headers: Vec<crate::backend::HeaderRuleToml>,
     pub(super) on_connect: Option<String>,

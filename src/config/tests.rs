@@ -127,6 +127,70 @@ fn policy_tables_are_read_and_checked() {
 }
 
 #[test]
+fn trusted_proxies_are_read_and_client_ip_header_says_what_replaced_it() {
+    let config = Config::from_toml("").expect("valid");
+    assert_eq!(
+        config.policy.trusted_proxies,
+        crate::proxy::TrustedProxies::default()
+    );
+    let config = Config::from_toml(
+        r#"
+        [security]
+        trusted_proxies = ["10.0.0.0/8", "192.0.2.7"]
+        request_head_timeout = "2s"
+        "#,
+    )
+    .expect("valid");
+    let p = &config.policy;
+    assert_eq!(p.trusted_proxies.networks().len(), 2);
+    assert!(p.trusted_proxies.contains("192.0.2.7".parse().expect("ip")));
+    assert!(!p.trusted_proxies.contains("127.0.0.1".parse().expect("ip")));
+    assert_eq!(p.request_head_timeout, Duration::from_secs(2));
+    // An empty list trusts nobody.
+    let cli = Cli::try_parse_from(["high-templar", "--trusted-proxies", ""]).expect("cli");
+    let config = Config::merge(cli, FileConfig::default()).expect("valid");
+    assert_eq!(config.policy.trusted_proxies.networks(), &[]);
+
+    let err = Config::from_toml(
+        r#"
+        [security]
+        client_ip_header = "X-Real-IP"
+        trusted_proxies = ["nginx"]
+        request_head_timeout = "0"
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("client_ip_header: replaced by trusted_proxies"),
+        "{text}"
+    );
+    assert!(text.contains("trusted_proxies: \"nginx\""), "{text}");
+    assert!(text.contains("request_head_timeout:"), "{text}");
+    let cli = Cli::try_parse_from(["high-templar", "--client-ip-header", "X-Real-IP"]);
+    let err = Config::merge(cli.expect("cli"), FileConfig::default()).expect_err("invalid");
+    assert!(
+        err.to_string().contains("client_ip_header: replaced"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_summary_interval_is_read_and_0_turns_it_off() {
+    let config = Config::from_toml("").expect("valid");
+    assert_eq!(
+        config.log_summary_interval,
+        Some(DEFAULT_LOG_SUMMARY_INTERVAL)
+    );
+    let config = Config::from_toml("log_summary_interval = \"5s\"").expect("valid");
+    assert_eq!(config.log_summary_interval, Some(Duration::from_secs(5)));
+    let config = Config::from_toml("log_summary_interval = 0").expect("valid");
+    assert_eq!(config.log_summary_interval, None);
+    let config = Config::from_toml("[limits]\nmax_connections = 5").expect("valid");
+    assert_eq!(config.policy.max_connections, Some(5));
+}
+
+#[test]
 fn rooms_wider_than_the_wildcard_mask_are_refused_at_start() {
     let config = Config::from_toml("[limits]\nmax_room_keys = 64\n").expect("64 fits");
     assert_eq!(config.policy.room_limits.max_keys, 64);
@@ -148,50 +212,6 @@ fn history_settings_take_durations_and_sizes() {
     assert_eq!(config.history.memory, 1000);
     let err = Config::from_toml("history_memory = \"lots\"\n").expect_err("invalid");
     assert!(err.to_string().contains("history_memory:"), "{err}");
-}
-
-#[test]
-fn broker_sources_are_read_with_defaults() {
-    let config = Config::from_toml(
-        r#"
-        amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
-        amqp_publish_http_triggers = true
-        redis_url = "redis://127.0.0.1:6379/"
-        "#,
-    )
-    .expect("valid");
-    let amqp = config.amqp.expect("amqp on");
-    assert_eq!(amqp.exchange, DEFAULT_AMQP_EXCHANGE);
-    assert!(amqp.publish_http_triggers);
-    assert_eq!(config.redis.expect("redis on").channel, "hightemplar");
-    let off = Config::from_toml("").expect("valid");
-    assert!(off.amqp.is_none() && off.redis.is_none());
-}
-
-#[test]
-fn broker_errors_name_the_field_and_hide_the_password() {
-    let err = Config::from_toml(
-        r#"
-        amqp_url = "http://user:s3cret@host/"
-        redis_url = "ftp://user:s3cret@host/"
-        redis_channel = ""
-        "#,
-    )
-    .expect_err("invalid");
-    let text = err.to_string();
-    assert!(text.contains("amqp_url:"), "{text}");
-    assert!(text.contains("redis_url:"), "{text}");
-    assert!(!text.contains("s3cret"), "{text}");
-
-    let err =
-        Config::from_toml("amqp_exchange = \"x\"\nredis_channel = \"y\"").expect_err("needs urls");
-    let text = err.to_string();
-    assert!(text.contains("amqp_exchange: needs amqp_url"), "{text}");
-    assert!(text.contains("redis_channel: needs redis_url"), "{text}");
-
-    let err = Config::from_toml("amqp_url = \"amqp://127.0.0.1\"\namqp_exchange = \"\"")
-        .expect_err("empty exchange");
-    assert!(err.to_string().contains("amqp_exchange:"), "{err}");
 }
 
 #[test]
@@ -269,6 +289,50 @@ fn a_stream_must_keep_the_history_and_give_every_trigger_a_position() {
             .contains("amqp_stream_max_bytes: needs amqp_stream"),
         "{err}"
     );
+}
+
+#[test]
+fn broker_sources_are_read_with_defaults() {
+    let config = Config::from_toml(
+        r#"
+        amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        amqp_publish_http_triggers = true
+        redis_url = "redis://127.0.0.1:6379/"
+        "#,
+    )
+    .expect("valid");
+    let amqp = config.amqp.expect("amqp on");
+    assert_eq!(amqp.exchange, DEFAULT_AMQP_EXCHANGE);
+    assert!(amqp.publish_http_triggers);
+    assert_eq!(config.redis.expect("redis on").channel, "hightemplar");
+    let off = Config::from_toml("").expect("valid");
+    assert!(off.amqp.is_none() && off.redis.is_none());
+}
+
+#[test]
+fn broker_errors_name_the_field_and_hide_the_password() {
+    let err = Config::from_toml(
+        r#"
+        amqp_url = "http://user:s3cret@host/"
+        redis_url = "ftp://user:s3cret@host/"
+        redis_channel = ""
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(text.contains("amqp_url:"), "{text}");
+    assert!(text.contains("redis_url:"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+
+    let err =
+        Config::from_toml("amqp_exchange = \"x\"\nredis_channel = \"y\"").expect_err("needs urls");
+    let text = err.to_string();
+    assert!(text.contains("amqp_exchange: needs amqp_url"), "{text}");
+    assert!(text.contains("redis_channel: needs redis_url"), "{text}");
+
+    let err = Config::from_toml("amqp_url = \"amqp://127.0.0.1\"\namqp_exchange = \"\"")
+        .expect_err("empty exchange");
+    assert!(err.to_string().contains("amqp_exchange:"), "{err}");
 }
 
 #[test]

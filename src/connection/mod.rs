@@ -85,7 +85,8 @@ pub(crate) async fn run<G: Send>(
         Ok(upgraded) => TokioIo::new(upgraded),
         Err(error) => return tracing::debug!(%error, "websocket upgrade failed"),
     };
-    let span = tracing::info_span!("conn", id = %request.id, peer = %request.peer);
+    // At INFO, so that the warnings of a connection say which one; its own lines are DEBUG.
+    let span = tracing::info_span!("conn", id = %request.id, client = %request.client_ip);
     async {
         let Some(mut open) = Box::pin(open(io, &request, &shared)).await else {
             return;
@@ -99,14 +100,16 @@ pub(crate) async fn run<G: Send>(
         };
         let stats = &shared.stats;
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("connection opened");
+        Stats::incr(&stats.connections_opened);
+        tracing::debug!("connection opened");
         spawn_hook(&shared, &request, Hook::Connect);
         let end = serve(&mut open.socket, &mut open.session, stats).await;
         open.session.unsubscribe_all();
         drop(registration);
         let reason = Box::pin(close(open, end, stats)).await;
         stats.open_connections.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(
+        Stats::incr(&stats.connections_closed);
+        tracing::debug!(
             code = reason.code,
             reason = reason.reason,
             "connection closed"
@@ -144,7 +147,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
         }
     };
     let Some(mut allowed) = allowed else {
-        tracing::info!("backend refused the connection");
+        tracing::debug!("backend refused the connection");
         let counter = &stats.refused_unauthorized;
         refuse(
             socket,

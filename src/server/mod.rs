@@ -3,6 +3,11 @@
 //! `Server::new(config).backend(adapter).start()` is the framework entry point (the original's
 //! `create_app(settings, backend_adapter=...)`); the binary is this with the default
 //! [`HttpBackend`].
+//!
+//! A socket's way in: `capacity.rs` sizes the node from the open-files limit at start;
+//! `listener.rs` accepts (a place among the listener's pending sockets first, `pending.rs`);
+//! `conn.rs` serves the socket's HTTP (TLS, the request-head deadline) until `websocket.rs`
+//! upgrades it or `http.rs` answers it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -11,7 +16,6 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
@@ -19,13 +23,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod capacity;
+mod conn;
 mod http;
 mod listener;
+mod pending;
 mod websocket;
 
+pub use capacity::{Capacity, FIXED_RESERVE, MAX_PENDING_SOCKETS};
 pub(crate) use http::accept_triggers;
 use http::{metrics_handler, ready_handler, status_handler, trigger_handler};
 use listener::ClosableListener;
+use pending::Pending;
+pub use pending::EVICT_AFTER;
 use websocket::ws_handler;
 
 use crate::admission::Admission;
@@ -60,6 +70,8 @@ pub enum StartError {
     BackendClient(std::io::Error),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("{0}")]
+    OpenFiles(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -87,7 +99,9 @@ impl Server {
         self
     }
 
-    /// Binds the listeners and starts serving in the background.
+    /// Raises the process's soft open-files limit to the hard one (a process-wide setting:
+    /// every socket is a descriptor, and most systems start processes at 1,024), binds the
+    /// listeners and starts serving in the background.
     pub async fn start(self) -> Result<Handle, StartError> {
         let backend: Arc<dyn Backend> = match self.backend {
             Some(backend) => backend,
@@ -99,6 +113,13 @@ impl Server {
         };
         let stats = Arc::new(Stats::new());
         let policy = &self.config.policy;
+        let listeners = 1 + usize::from(self.config.internal_listen.is_some());
+        let capacity = Capacity::plan(policy, listeners).map_err(StartError::OpenFiles)?;
+        capacity.log(policy.max_connections);
+        let tls = match &policy.tls {
+            Some(files) => Some(crate::tls::acceptor(files).map_err(StartError::Tls)?),
+            None => None,
+        };
         let amqp_publisher = match &self.config.amqp {
             // With a stream, HTTP triggers must go through the exchange to get a position,
             // whatever a hand-built config says.
@@ -121,7 +142,11 @@ impl Server {
                 policy.max_concurrent_bootstraps,
                 self.config.backend.timeout,
             ),
-            admission: Arc::new(Admission::new(policy.clone(), stats.clone())),
+            admission: Arc::new(Admission::new(
+                policy.clone(),
+                capacity.max_connections,
+                stats.clone(),
+            )),
             stats,
             backend,
             shutdown: CancellationToken::new(),
@@ -139,6 +164,10 @@ impl Server {
             let shutdown = sweeper.shutdown.clone();
             sweeper.registry.run(&sweeper.stats, shutdown).await;
         });
+        if let Some(every) = shared.config.log_summary_interval {
+            let (stats, shutdown) = (shared.stats.clone(), shared.shutdown.clone());
+            tokio::spawn(crate::summary::run(stats, every, shutdown));
+        }
         let connections = TaskTracker::new();
         let config = &shared.config;
 
@@ -196,38 +225,37 @@ impl Server {
         };
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
-        let public = public.with_state(state.clone());
-        let shutdown = shared.shutdown.clone();
-        servers.push(match &shared.config.policy.tls {
-            Some(files) => {
-                let tls = crate::tls::load(files).await.map_err(StartError::Tls)?;
-                tokio::spawn(crate::tls::serve(public_listener, tls, public, shutdown))
-            }
-            None => {
-                let listener = ClosableListener::new(public_listener, local_addr);
-                listeners.push(listener.clone());
-                tokio::spawn(serve(listener, public, shutdown))
-            }
-        });
-        if let Some(listener) = internal_listener {
-            let addr = internal_addr.unwrap_or(local_addr);
-            let listener = ClosableListener::new(listener, addr);
+        let mut listen = |listener, router, tls| {
+            let listener = ClosableListener::new(listener);
             listeners.push(listener.clone());
+            let policy = &shared.config.policy;
+            let pending = Pending::new(
+                capacity.pending_per_listener,
+                EVICT_AFTER.min(policy.request_head_timeout),
+            );
+            let settings = Arc::new(conn::Settings {
+                router,
+                tls,
+                head_timeout: policy.request_head_timeout,
+                stats: shared.stats.clone(),
+                shutdown: shared.shutdown.clone(),
+            });
+            servers.push(tokio::spawn(listener::serve(listener, pending, settings)));
+        };
+        listen(public_listener, public.with_state(state.clone()), tls);
+        if let Some(listener) = internal_listener {
             let internal = trigger_routes
                 .merge(ops_routes)
                 .route("/status", get(status_handler))
                 .with_state(state);
-            servers.push(tokio::spawn(serve(
-                listener,
-                internal,
-                shared.shutdown.clone(),
-            )));
+            listen(listener, internal, None);
         }
         let sources = start_sources(&shared, local_addr);
         tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
         Ok(Handle {
             local_addr,
             internal_addr,
+            capacity,
             shared,
             connections,
             listeners,
@@ -273,29 +301,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     listen().map_err(|source| StartError::Bind { addr, source })
 }
 
-async fn serve(listener: ClosableListener, router: Router, shutdown: CancellationToken) {
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY, a small frame written while the previous one is unacknowledged
-    // waits for the peer's delayed ACK: up to 40 ms of latency on loopback.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = result {
-        tracing::error!(%error, "listener failed");
-    }
-}
-
 /// A running server.
 pub struct Handle {
     /// The bound public address (useful with port 0).
     pub local_addr: SocketAddr,
     /// The bound internal address, when configured.
     pub internal_addr: Option<SocketAddr>,
+    /// The open-files limit and what fits in it.
+    pub capacity: Capacity,
     shared: Arc<Node>,
     connections: TaskTracker,
     listeners: Vec<ClosableListener>,

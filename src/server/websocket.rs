@@ -25,10 +25,13 @@ pub(super) async fn ws_handler(
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
     };
-    let ticket = match state.shared.admission.admit(headers, peer) {
+    let policy = &state.shared.config.policy;
+    let client_ip = policy.trusted_proxies.client_ip(peer.ip(), headers);
+    let ticket = match state.shared.admission.admit(headers, client_ip) {
         Ok(ticket) => ticket,
         Err(refusal) => {
-            tracing::info!(%peer, reason = refusal.message(), "websocket refused before upgrade");
+            // Counted, and in the summary line: one line per refused client is for debugging.
+            tracing::debug!(client = %client_ip, reason = refusal.message(), "websocket refused before upgrade");
             return error(refusal.status(), refusal.message());
         }
     };
@@ -43,6 +46,7 @@ pub(super) async fn ws_handler(
         headers: owned_headers(request.headers()),
         query: request.uri().query().map(str::to_string),
         peer,
+        client_ip,
     });
     let guard = (ticket, state.connections.token());
     tokio::spawn(connection::run(on_upgrade, connect, state.shared, guard));

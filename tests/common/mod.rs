@@ -7,7 +7,7 @@ pub mod process;
 pub mod raw;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,11 +23,49 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Lifts this process's soft open-files limit to the hard one, asserting the hard one allows
+/// `needed`: the default soft limit (often 1024) is far below what a test holding thousands of
+/// sockets needs (scripts/test.sh checks the hard limit).
+pub fn raise_fd_limit(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    assert!(
+        limit.rlim_max >= needed,
+        "the hard open-files limit {} is below the {needed} this test needs",
+        limit.rlim_max
+    );
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(set, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Client-side websocket buffers for tests holding thousands of clients: tungstenite's
+/// 128 KiB default read buffer times 3,000 clients would be 384 MiB; the frames are small.
+pub const SMALL_CLIENT_BUFFER: usize = 4 * 1024;
+
+/// How one connection attempt ended, for tests that open many and count.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Upgraded (the first frame is not read yet).
+    Open(Box<Client>),
+    /// Refused with this HTTP status before the upgrade.
+    Refused(u16),
+    /// Reset, closed, or not answered within `WAIT`.
+    Failed(String),
+}
 
 /// What the test backend answers, per path suffix (`bootstrap/`, hooks).
 #[derive(Clone, Debug)]
@@ -239,6 +277,7 @@ pub async fn server_allowing(rooms: Value) -> (TestBackend, Handle) {
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A websocket client speaking to the server.
+#[derive(Debug)]
 pub struct Client {
     pub ws: Ws,
 }
@@ -293,6 +332,57 @@ impl Client {
             Ok(client) => client,
             Err(status) => panic!("websocket refused with HTTP {status}"),
         }
+    }
+
+    /// Opens `/ws/` from `local` (an address of this host such as 127.0.0.2; `None`: the
+    /// system's choice) with extra request headers and small client buffers.
+    pub async fn attempt(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        headers: &[(&str, &str)],
+    ) -> Attempt {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(ip) = local {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .expect("bind the client");
+        }
+        let stream = match tokio::time::timeout(WAIT, socket.connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Attempt::Failed(format!("connect: {e}")),
+            Err(_) => return Attempt::Failed("connect: no answer in time".into()),
+        };
+        let mut request = format!("ws://{addr}/ws/")
+            .into_client_request()
+            .expect("request");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        let config = WebSocketConfig::default()
+            .read_buffer_size(SMALL_CLIENT_BUFFER)
+            .write_buffer_size(0);
+        let handshake = tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(config),
+        );
+        match tokio::time::timeout(WAIT, handshake).await {
+            Ok(Ok((ws, _))) => Attempt::Open(Box::new(Client { ws })),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                Attempt::Refused(response.status().as_u16())
+            }
+            Ok(Err(e)) => Attempt::Failed(format!("handshake: {e}")),
+            Err(_) => Attempt::Failed("handshake: no answer in time".into()),
+        }
+    }
+
+    /// Sends `ping` and waits for `pong`: the connection is served.
+    pub async fn ping(&mut self) {
+        self.send("ping").await;
+        assert_eq!(self.recv_text().await, "pong");
     }
 
     /// Connects with a tiny receive buffer, so that a client that stops reading stalls the

@@ -2,8 +2,10 @@
 //! codes, signals, file-descriptor limits, resident memory.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -64,4 +66,74 @@ pub fn memory_kib(child: &Child, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Starts the child with a soft open-files limit of `soft` (the hard one unchanged when
+/// `hard` is `None`), as a systemd service without `LimitNOFILE=` or a login shell would.
+pub fn limit_open_files(command: &mut Command, soft: u64, hard: Option<u64>) {
+    // SAFETY: the closure only calls getrlimit/setrlimit, which are async-signal-safe, on a
+    // struct of its own.
+    unsafe {
+        command.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_max = hard.unwrap_or(limit.rlim_max);
+            limit.rlim_cur = soft.min(limit.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The child's stderr, read line by line as it comes (so the pipe never fills and stalls
+/// it), for tests about what the binary logs.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    /// Pipes `command`'s stderr into the log once started with [`Log::collect`].
+    pub fn capture(command: &mut Command) {
+        command.stderr(Stdio::piped());
+    }
+
+    /// Starts reading `child`'s stderr (set up with [`Log::capture`]).
+    pub fn collect(child: &mut Child) -> Log {
+        let log = Log::default();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let lines = log.0.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().expect("log").push(line);
+            }
+        });
+        log
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("log").clone()
+    }
+
+    /// Waits until a line contains `needle`, and returns it.
+    pub async fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {needle:?} in {within:?}; the log:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
