@@ -15,7 +15,7 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt 14096 ]; then
 fi
 
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 
 echo "== clients and demo page (TypeScript, Python, headless Chromium)"
 ./scripts/ci-clients.sh
