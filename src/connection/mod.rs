@@ -24,10 +24,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
-use crate::backend::{Bootstrap, ConnectRequest};
+use crate::backend::ConnectRequest;
 use crate::outbox::{close_code, CloseReason, Outbox, SLOW_CLIENT};
-use crate::protocol::{self, answer};
-use crate::room::AllowedRooms;
+use crate::protocol::answer;
 use crate::server::Shared;
 use crate::stats::Stats;
 use crate::sweeper::SERVER_SHUTDOWN;
@@ -120,8 +119,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Shared>) -> Op
         .bootstrap(&*shared.backend, request, stats)
         .await;
     let allowed = match bootstrap {
-        Ok(Bootstrap::Authorized { allowed_rooms }) => AllowedRooms::from_backend(allowed_rooms),
-        Ok(Bootstrap::Refused) => None,
+        Ok(allowed) => allowed,
         Err(error) => {
             Stats::incr(&stats.backend_errors);
             tracing::warn!(%error, "bootstrap failed: refusing with backend-unavailable");
@@ -137,7 +135,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Shared>) -> Op
             return None;
         }
     };
-    let Some(mut allowed) = allowed else {
+    let Some(allowed) = allowed else {
         tracing::info!("backend refused the connection");
         let counter = &stats.refused_unauthorized;
         refuse(
@@ -150,8 +148,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Shared>) -> Op
         .await;
         return None;
     };
-    // The backend's own text is only needed for this frame; matching uses the parsed rooms.
-    socket.queue_text(&protocol::authorized(&std::mem::take(&mut allowed.raw)));
+    socket.queue_text(allowed.first_frame());
     let outbox = Outbox::new(shared.config.outgoing_queue, stats.clone());
     let session = Session::new(shared.clone(), request.clone(), outbox, allowed);
     Some(Open { socket, session })

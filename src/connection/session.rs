@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{spawn_hook, Hook, NOT_AUTHORIZED};
-use crate::backend::{BackendError, Bootstrap, ConnectRequest};
+use crate::backend::{BackendError, ConnectRequest};
 use crate::hub::{Subscriber, SubscriptionId};
 use crate::outbox::{close_code, CloseReason, Outbox};
 use crate::protocol::{self, answer, ClientMessage};
@@ -21,7 +21,8 @@ use crate::room::{AllowedRooms, Room};
 use crate::server::Shared;
 use crate::stats::Stats;
 
-type Reauthorisation = Pin<Box<dyn Future<Output = Result<Bootstrap, BackendError>> + Send>>;
+type Reauthorisation =
+    Pin<Box<dyn Future<Output = Result<Option<AllowedRooms>, BackendError>> + Send>>;
 
 pub(super) struct Session {
     pub shared: Arc<Shared>,
@@ -177,12 +178,9 @@ impl Session {
     /// Applies the backend's new answer: rooms no longer allowed are dropped
     /// (`{"type":"unsubscribed","requestId":...}`), a refusal closes the connection, and a
     /// backend outage changes nothing (users are not logged out by our backend's downtime).
-    fn apply_reauth(&mut self, outcome: Result<Bootstrap, BackendError>) {
+    fn apply_reauth(&mut self, outcome: Result<Option<AllowedRooms>, BackendError>) {
         let allowed = match outcome {
-            Ok(Bootstrap::Authorized { allowed_rooms }) => {
-                AllowedRooms::from_backend(allowed_rooms)
-            }
-            Ok(Bootstrap::Refused) => None,
+            Ok(allowed) => allowed,
             Err(error) => {
                 tracing::info!(%error, "re-authorisation skipped: backend unavailable");
                 return;
