@@ -8,7 +8,7 @@
 # bench/targets.sh runs ours at the target sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin high-templar --bin ht-bench
+cargo build --release --workspace --bin high-templar --bin ht-bench
 bench=${CARGO_TARGET_DIR:-target}/release/ht-bench
 runs=${RUNS:-3}
 

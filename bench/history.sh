@@ -6,7 +6,7 @@
 #   RUNS=5 bench/history.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin high-templar --bin ht-bench
+cargo build --release --workspace --bin high-templar --bin ht-bench
 bench=${CARGO_TARGET_DIR:-target}/release/ht-bench
 runs=${RUNS:-3}
 

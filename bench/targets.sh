@@ -5,7 +5,7 @@
 # means something next to the floor of the same minutes. FLOORS=0 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin high-templar --bin ht-bench --example sendto_floor
+cargo build --release --workspace --bin high-templar --bin ht-bench --example sendto_floor
 bench=${CARGO_TARGET_DIR:-target}/release/ht-bench
 floor=${CARGO_TARGET_DIR:-target}/release/examples/sendto_floor
 runs=${RUNS:-3}

@@ -15,7 +15,7 @@ build_flags=()
 if [ "$profile" = release ]; then
     build_flags=(--release)
 fi
-cargo build "${build_flags[@]}" --bin high-templar --bin ht-bench --example sendto_floor
+cargo build "${build_flags[@]}" --workspace --bin high-templar --bin ht-bench --example sendto_floor
 bench="$target_dir/$profile/ht-bench"
 floor="$target_dir/$profile/examples/sendto_floor"
 

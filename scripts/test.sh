@@ -16,7 +16,7 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt 14096 ]; then
 fi
 
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 
 echo "== Autobahn fuzzing client against the websocket layer (examples/autobahn_echo.rs)"
 ./scripts/ci-autobahn.sh

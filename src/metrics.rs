@@ -69,6 +69,12 @@ impl Collector for NodeCollector {
         )?;
         gauge(
             &mut e,
+            "allowed_room_lists",
+            "Distinct allowed-room lists held; connections given the same list share one",
+            to_i64_usize(shared.gate.allowed_lists().len()),
+        )?;
+        gauge(
+            &mut e,
             "backend_circuit_closed",
             "1 while the backend circuit breaker lets calls through",
             i64::from(shared.gate.is_closed()),

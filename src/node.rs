@@ -9,10 +9,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::backend::{Backend, BackendError, BackendGate, Bootstrap, ConnectRequest};
+use crate::backend::{Backend, BackendError, BackendGate, ConnectRequest};
 use crate::config::Config;
 use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::Trigger;
+use crate::room::AllowedRooms;
 use crate::sequencer::Sequencer;
 use crate::sources::amqp::Publisher;
 use crate::sources::stream::StreamStatus;
@@ -72,8 +73,12 @@ impl Node {
         status
     }
 
-    /// Asks the backend who `request` is (through the gate: bounded, circuit-broken).
-    pub async fn bootstrap(&self, request: &ConnectRequest) -> Result<Bootstrap, BackendError> {
+    /// Asks the backend who `request` is (through the gate: bounded, circuit-broken) and which
+    /// rooms it may join (the node's shared list for that answer); `None` is a refusal.
+    pub async fn bootstrap(
+        &self,
+        request: &ConnectRequest,
+    ) -> Result<Option<AllowedRooms>, BackendError> {
         self.gate
             .bootstrap(&*self.backend, request, &self.stats)
             .await

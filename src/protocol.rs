@@ -56,9 +56,23 @@ pub fn gap(request_id_json: &str, position: u64) -> String {
     format!(r#"{{"type":"gap","requestId":{request_id_json},"offset":{position}}}"#)
 }
 
-/// The first frame of an authorised connection.
-pub fn authorized(allowed_rooms: &[Value]) -> String {
-    json!({"is_authorized": true, "allowed_rooms": allowed_rooms}).to_string()
+/// What the first frame of an authorised connection holds around its allowed rooms: the text
+/// `json!({"is_authorized": true, "allowed_rooms": list})` has always given (keys sorted).
+const AUTHORIZED_HEAD: &str = r#"{"allowed_rooms":"#;
+const AUTHORIZED_TAIL: &str = r#","is_authorized":true}"#;
+
+/// The first frame of an authorised connection, around `allowed_rooms`: the list's JSON text as
+/// `serde_json` writes it. Built once per distinct list (`room::AllowedLists`).
+pub fn authorized(allowed_rooms: &str) -> String {
+    [AUTHORIZED_HEAD, allowed_rooms, AUTHORIZED_TAIL].concat()
+}
+
+/// The allowed rooms' text inside a frame built by [`authorized`].
+pub fn allowed_rooms_of(first_frame: &str) -> &str {
+    first_frame
+        .strip_prefix(AUTHORIZED_HEAD)
+        .and_then(|rest| rest.strip_suffix(AUTHORIZED_TAIL))
+        .unwrap_or(first_frame)
 }
 
 /// Beyond: a subscription dropped by the server (re-authorisation).
@@ -541,6 +555,17 @@ mod tests {
 
     fn parse(text: &str) -> ClientMessage {
         ClientMessage::parse(text, &RoomLimits::default())
+    }
+
+    #[test]
+    fn first_frame_is_the_text_it_has_always_been() {
+        let list = json!([{"target": "message", "customer": "1"}, {"b": 1.5, "a": [null]}]);
+        let frame = authorized(&list.to_string());
+        assert_eq!(
+            frame,
+            json!({"is_authorized": true, "allowed_rooms": list}).to_string()
+        );
+        assert_eq!(allowed_rooms_of(&frame), list.to_string());
     }
 
     #[test]

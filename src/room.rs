@@ -1,13 +1,18 @@
-//! Rooms: parsing, canonical form, and the two matching rules of PROTOCOL.md section 2 and 4.
+//! Rooms: parsing, canonical form, and the two matching rules of PROTOCOL.md section 2 and 4;
+//! a connection's allowed rooms, shared and indexed, in [`allowed`].
 //!
 //! A room is a JSON object of scalar values. We keep it as its key/value pairs sorted by key,
 //! each value as its canonical JSON text, so that key order never matters, `1` and `"1"` stay
 //! different values, and the whole room has one canonical string usable as a map key.
 
+mod allowed;
+
 use std::fmt;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+
+pub use allowed::{AllowedLists, AllowedRooms};
 
 /// The canonical JSON text of the wildcard value `"*"`.
 pub const WILDCARD: &str = "\"*\"";
@@ -246,40 +251,6 @@ fn push_json_string(out: &mut String, text: &str) {
     }
 }
 
-/// The rooms a connection may subscribe to, as the backend gave them.
-#[derive(Debug, Clone, Default)]
-pub struct AllowedRooms {
-    /// Exactly what the backend sent, echoed in the first frame (and then dropped).
-    pub raw: Vec<Value>,
-    /// The scalar-valued ones in canonical form; an allowed room holding a nested value can
-    /// never allow a (scalar-only) requested room, so it is left out of matching.
-    rooms: Vec<Room>,
-}
-
-impl AllowedRooms {
-    /// Reads the backend's `allowed_rooms`. `None` when it is not a list of objects, which the
-    /// protocol treats as a refusal.
-    pub fn from_backend(list: Vec<Value>) -> Option<AllowedRooms> {
-        // Allowed rooms come from the trusted backend: no size limits beyond memory.
-        let limits = RoomLimits {
-            max_keys: usize::MAX,
-            max_len: usize::MAX,
-        };
-        let mut rooms = Vec::with_capacity(list.len());
-        for value in &list {
-            let map = value.as_object()?;
-            if let Ok(room) = Room::from_map(map, &limits) {
-                rooms.push(room);
-            }
-        }
-        Some(AllowedRooms { raw: list, rooms })
-    }
-
-    pub fn allows(&self, requested: &Room) -> bool {
-        self.rooms.iter().any(|allowed| allowed.allows(requested))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,15 +337,6 @@ mod tests {
             Err(RoomError::TooLong(4))
         ));
         assert!(Room::parse(&json!({"abcd": "1234"}), &limits).is_ok());
-    }
-
-    #[test]
-    fn allowed_rooms_must_be_objects() {
-        assert!(AllowedRooms::from_backend(vec![json!("foo")]).is_none());
-        let allowed = AllowedRooms::from_backend(vec![json!({"a": "*"}), json!({"n": {"x": 1}})])
-            .expect("list of objects");
-        assert!(allowed.allows(&room(json!({"a": 3}))));
-        assert_eq!(allowed.raw.len(), 2);
     }
 
     #[test]

@@ -29,6 +29,45 @@ async fn missing_allowed_rooms_means_none() {
     );
 }
 
+/// The `allowed_room_lists` gauge once it reads `expected` (connections end asynchronously).
+async fn wait_for_allowed_lists(addr: std::net::SocketAddr, expected: u64) {
+    let line = format!("high_templar_allowed_room_lists {expected}\n");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if text.contains(&line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line:?} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_given_the_same_allowed_rooms_share_one_list() {
+    let (backend, server) = server_allowing(json!([{"target": "message", "customer": "*"}])).await;
+    let mut a = Client::authorized(server.local_addr).await;
+    let b = Client::authorized(server.local_addr).await;
+    wait_for_allowed_lists(server.local_addr, 1).await;
+    a.subscribe(json!({"target": "message", "customer": "7"}), "r1")
+        .await;
+    backend.set_bootstrap(Reply::ok(json!({"allowed_rooms": [{"target": "other"}]})));
+    let c = Client::authorized(server.local_addr).await;
+    wait_for_allowed_lists(server.local_addr, 2).await;
+    drop(c);
+    wait_for_allowed_lists(server.local_addr, 1).await;
+    drop((a, b));
+    wait_for_allowed_lists(server.local_addr, 0).await;
+}
+
 async fn assert_refused_normally(reply: Reply) {
     let backend = TestBackend::start(reply).await;
     let server = start(config_for(&backend)).await;

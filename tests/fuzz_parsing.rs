@@ -7,13 +7,13 @@
 //! `PROPTEST_CASES=100000 cargo test --release --test fuzz_parsing` (see docs/fuzzing.md).
 
 use high_templar::protocol::{ClientMessage, Positions, Since, Trigger, TriggerError};
-use high_templar::room::{AllowedRooms, Room, RoomError, RoomLimits};
+use high_templar::room::{AllowedLists, AllowedRooms, Room, RoomError, RoomLimits};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Map, Value};
 
-/// Cases per property when `PROPTEST_CASES` is not set: 512 × the 16 properties below take
+/// Cases per property when `PROPTEST_CASES` is not set: 512 × the 17 properties below take
 /// about two seconds of CPU in a debug build.
 const DEFAULT_CASES: u32 = 512;
 
@@ -533,16 +533,22 @@ proptest! {
         prop_assert_eq!(t.matches_trigger(&s), expected);
     }
 
+    /// The index (by shape, by where `"*"` is, by value) answers what a scan of the list with
+    /// the naive rule answers; lists long enough to hold several patterns per shape.
     #[test]
     fn allowed_rooms_agree_with_the_reference(
-        allowed in prop::collection::vec(small_room(), 0..4),
-        requested in small_room(),
+        allowed in prop::collection::vec(small_room(), 0..40),
+        requested in prop::collection::vec(small_room(), 1..8),
     ) {
         let list: Vec<Value> = allowed.iter().cloned().map(Value::Object).collect();
         let rooms = AllowedRooms::from_backend(list.clone()).expect("a list of objects");
-        prop_assert_eq!(&rooms.raw, &list);
-        let expected = allowed.iter().any(|a| reference_allows(a, &requested));
-        prop_assert_eq!(rooms.allows(&room(&requested)), expected);
+        prop_assert_eq!(rooms.first_frame(), first_frame(&list));
+        for requested in &requested {
+            let expected = allowed.iter().any(|a| reference_allows(a, requested));
+            prop_assert_eq!(rooms.allows(&room(requested)), expected, "{:?}", requested);
+            let naive = allowed.iter().any(|a| room(a).allows(&room(requested)));
+            prop_assert_eq!(naive, expected);
+        }
     }
 
     #[test]
@@ -551,11 +557,39 @@ proptest! {
         match AllowedRooms::from_backend(list.clone()) {
             Some(rooms) => {
                 prop_assert!(all_objects);
-                prop_assert_eq!(rooms.raw, list);
+                prop_assert_eq!(rooms.first_frame(), first_frame(&list));
             }
             None => prop_assert!(!all_objects),
         }
     }
+
+    /// A list given as the backend's text (any key order) is the list given as values: the
+    /// same first frame, the same answers, and one shared list for one text.
+    #[test]
+    fn backend_list_texts_are_read_like_their_values(
+        allowed in prop::collection::vec(prop::collection::vec((small_string(), scalar()), 0..4), 0..6),
+        requested in small_room(),
+    ) {
+        let text = format!(
+            "[{}]",
+            allowed.iter().map(|pairs| object_text(pairs)).collect::<Vec<_>>().join(",")
+        );
+        let values: Vec<Value> = serde_json::from_str(&text).expect("JSON");
+        let lists = AllowedLists::default();
+        let from_text = lists.from_json(&text).expect("a list of objects");
+        let again = lists.from_json(&text).expect("a list of objects");
+        prop_assert!(from_text.shares_with(&again));
+        let from_values = AllowedRooms::from_backend(values.clone()).expect("a list of objects");
+        prop_assert_eq!(from_text.first_frame(), first_frame(&values));
+        prop_assert_eq!(from_text.first_frame(), from_values.first_frame());
+        let requested = room(&requested);
+        prop_assert_eq!(from_text.allows(&requested), from_values.allows(&requested));
+    }
+}
+
+/// The first frame as the server has always written it.
+fn first_frame(list: &[Value]) -> String {
+    json!({"is_authorized": true, "allowed_rooms": list}).to_string()
 }
 
 /// The case the property above found: a 17-digit float whose text, parsed without

@@ -1,10 +1,12 @@
-//! Backend protection: a limit on bootstrap calls in flight and a circuit breaker.
+//! Every bootstrap call goes through here: a limit on calls in flight, a circuit breaker, and
+//! the node's allowed-room lists the answers are read into.
 //!
 //! After a deploy every client reconnects at once. Without a gate that is thousands of
 //! simultaneous `bootstrap/` calls; with it, at most `max_concurrent_bootstraps` run, the rest
 //! wait their turn (up to the backend timeout), and when the backend keeps failing the breaker
 //! opens: clients get the backend-unavailable answer (close 1013) at once, and the backend gets
-//! a few seconds to recover.
+//! a few seconds to recover. Those clients mostly get the same few lists of allowed rooms,
+//! which [`AllowedLists`] keeps once each.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{Backend, BackendError, Bootstrap, ConnectRequest};
+use crate::room::{AllowedLists, AllowedRooms};
 use crate::stats::Stats;
 
 /// Consecutive failed bootstraps that open the breaker. High enough that a few unlucky calls
@@ -32,6 +35,7 @@ pub(crate) struct BackendGate {
     timeout: Duration,
     // A std mutex: two field updates per call, never held across an await.
     breaker: Mutex<Breaker>,
+    lists: AllowedLists,
 }
 
 impl BackendGate {
@@ -40,7 +44,13 @@ impl BackendGate {
             permits: Semaphore::new(max_in_flight.max(1)),
             timeout,
             breaker: Mutex::new(Breaker::default()),
+            lists: AllowedLists::default(),
         }
+    }
+
+    /// The distinct allowed-room lists the node's connections hold.
+    pub fn allowed_lists(&self) -> &AllowedLists {
+        &self.lists
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -55,8 +65,27 @@ impl BackendGate {
     }
 
     /// One bootstrap through the gate: breaker check, a permit (waiting at most the backend
-    /// timeout), the call within the timeout, and the outcome recorded.
+    /// timeout), the call within the timeout, the outcome recorded, and the answer read into
+    /// the node's lists. `Ok(None)` is a refusal.
     pub async fn bootstrap(
+        &self,
+        backend: &dyn Backend,
+        request: &ConnectRequest,
+        stats: &Stats,
+    ) -> Result<Option<AllowedRooms>, BackendError> {
+        let answer = self.call(backend, request, stats).await?;
+        // After the permit is given back: reading a new list is the node's work, not the
+        // backend's.
+        Ok(match answer {
+            Bootstrap::Authorized { allowed_rooms } => self.lists.from_values(allowed_rooms),
+            Bootstrap::AuthorizedJson { allowed_rooms } => {
+                self.lists.from_json(allowed_rooms.get())
+            }
+            Bootstrap::Refused => None,
+        })
+    }
+
+    async fn call(
         &self,
         backend: &dyn Backend,
         request: &ConnectRequest,

@@ -13,7 +13,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::headers::{forwarded_headers, HeaderRule};
 use super::{Backend, BackendError, Bootstrap, ConnectRequest};
@@ -237,20 +239,65 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Reads a 200 bootstrap answer. Anything but an object whose `allowed_rooms` (if present) is
-/// a list of objects is a refusal (PROTOCOL.md section 1, including its Beyond part).
+/// a list of objects is a refusal (PROTOCOL.md section 1, including its Beyond part). The list
+/// is kept as text: whether its members are objects is checked when it is first parsed, once
+/// per distinct list on a node (`room::AllowedLists`), so a list seen before costs a scan of
+/// its text here, not a parse into values.
 pub(crate) fn parse_bootstrap(body: &[u8]) -> Bootstrap {
-    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(BootstrapBody(rooms)) = serde_json::from_slice::<BootstrapBody>(body) else {
         return Bootstrap::Refused;
     };
-    match object.remove("allowed_rooms") {
+    match rooms {
         None => Bootstrap::Authorized {
             allowed_rooms: Vec::new(),
         },
-        Some(Value::Array(rooms)) if rooms.iter().all(Value::is_object) => Bootstrap::Authorized {
+        Some(rooms) if rooms.get().starts_with('[') => Bootstrap::AuthorizedJson {
             allowed_rooms: rooms,
         },
         Some(_) => Bootstrap::Refused,
     }
+}
+
+/// A bootstrap answer's object, of which only `allowed_rooms` is kept, as text. The other
+/// members are checked for JSON syntax and skipped; of a repeated key the last counts, as in a
+/// parsed object.
+struct BootstrapBody(Option<Box<RawValue>>);
+
+impl<'de> Deserialize<'de> for BootstrapBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = BootstrapBody;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BootstrapBody, A::Error> {
+        let mut rooms = None;
+        while let Some(key) = map.next_key::<BodyKey>()? {
+            match key {
+                BodyKey::AllowedRooms => rooms = Some(map.next_value()?),
+                BodyKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(BootstrapBody(rooms))
+    }
+}
+
+#[derive(Deserialize)]
+enum BodyKey {
+    #[serde(rename = "allowed_rooms")]
+    AllowedRooms,
+    #[serde(other)]
+    Other,
 }
 
 #[async_trait::async_trait]
@@ -282,7 +329,8 @@ impl Backend for HttpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::room::AllowedLists;
+    use serde_json::{json, Value};
 
     #[test]
     fn api_url_must_be_a_base_url() {
@@ -299,33 +347,57 @@ mod tests {
         assert_eq!(url.host(), "example.com");
     }
 
+    /// The first frame a body gives, `None` for a refusal: what a connection sees.
+    fn read(body: &str) -> Option<String> {
+        let lists = AllowedLists::default();
+        match parse_bootstrap(body.as_bytes()) {
+            Bootstrap::Authorized { allowed_rooms } => lists.from_values(allowed_rooms),
+            Bootstrap::AuthorizedJson { allowed_rooms } => lists.from_json(allowed_rooms.get()),
+            Bootstrap::Refused => None,
+        }
+        .map(|allowed| allowed.first_frame().to_string())
+    }
+
+    fn frame(list: Value) -> Option<String> {
+        Some(json!({"is_authorized": true, "allowed_rooms": list}).to_string())
+    }
+
     #[test]
     fn bootstrap_answers_are_read_like_the_original() {
         assert_eq!(
+            read(r#"{"allowed_rooms":[{"a":1}]}"#),
+            frame(json!([{"a": 1}]))
+        );
+        assert_eq!(read(r#"{"user":1}"#), frame(json!([])));
+        assert_eq!(read(r#"{"allowed_rooms":["foo"]}"#), None);
+        assert_eq!(read(r#"{"allowed_rooms":[{"a":1},2]}"#), None);
+        assert_eq!(read(r#"{"allowed_rooms":{"a":1}}"#), None);
+        assert_eq!(read(r#"{"allowed_rooms":null}"#), None);
+        assert_eq!(read("<html>"), None);
+        assert_eq!(read("[]"), None);
+        assert_eq!(read(r#"[{"allowed_rooms":[]}]"#), None);
+        assert_eq!(read(r#"{"allowed_rooms":[]} x"#), None);
+        assert_eq!(read(r#"{"allowed_rooms":[],"user":[1,}"#), None);
+    }
+
+    #[test]
+    fn the_list_is_echoed_as_parsed_values_print_and_other_members_are_skipped() {
+        assert_eq!(
+            read(
+                r#" { "user" : {"x":[1,{"y":null}]}, "allowed_rooms" : [ {"t":"m", "c" : 1.50} ] } "#
+            ),
+            frame(json!([{"c": 1.5, "t": "m"}]))
+        );
+        // A repeated key: the last one counts, as in a parsed object.
+        assert_eq!(
+            read(r#"{"allowed_rooms":["x"],"allowed_rooms":[{"a":"\u00e9"}]}"#),
+            frame(json!([{"a": "é"}]))
+        );
+        assert_eq!(
             parse_bootstrap(br#"{"allowed_rooms":[{"a":1}]}"#),
-            Bootstrap::Authorized {
-                allowed_rooms: vec![json!({"a": 1})]
+            Bootstrap::AuthorizedJson {
+                allowed_rooms: RawValue::from_string(r#"[{"a":1}]"#.into()).expect("JSON")
             }
         );
-        assert_eq!(
-            parse_bootstrap(br#"{"user":1}"#),
-            Bootstrap::Authorized {
-                allowed_rooms: vec![]
-            }
-        );
-        assert_eq!(
-            parse_bootstrap(br#"{"allowed_rooms":["foo"]}"#),
-            Bootstrap::Refused
-        );
-        assert_eq!(
-            parse_bootstrap(br#"{"allowed_rooms":{"a":1}}"#),
-            Bootstrap::Refused
-        );
-        assert_eq!(
-            parse_bootstrap(br#"{"allowed_rooms":null}"#),
-            Bootstrap::Refused
-        );
-        assert_eq!(parse_bootstrap(b"<html>"), Bootstrap::Refused);
-        assert_eq!(parse_bootstrap(b"[]"), Bootstrap::Refused);
     }
 }

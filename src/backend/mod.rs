@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub(crate) use gate::BackendGate;
@@ -67,12 +68,34 @@ impl ConnectRequest {
 }
 
 /// The backend's answer to a bootstrap.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Bootstrap {
     /// The user may connect; `allowed_rooms` as the backend listed them (JSON objects).
     Authorized { allowed_rooms: Vec<Value> },
+    /// The same with the list as the backend's JSON text, not parsed: a node parses each
+    /// distinct text once and shares it between the connections given it (`HttpBackend`
+    /// answers this). A text that is not a list of objects is a refusal.
+    AuthorizedJson { allowed_rooms: Box<RawValue> },
     /// Not logged in, or a malformed answer: `{"is_authorized": false}`, close 1000.
     Refused,
+}
+
+/// Lists given as text are equal when their texts are.
+impl PartialEq for Bootstrap {
+    fn eq(&self, other: &Bootstrap) -> bool {
+        match (self, other) {
+            (
+                Bootstrap::Authorized { allowed_rooms: a },
+                Bootstrap::Authorized { allowed_rooms: b },
+            ) => a == b,
+            (
+                Bootstrap::AuthorizedJson { allowed_rooms: a },
+                Bootstrap::AuthorizedJson { allowed_rooms: b },
+            ) => a.get() == b.get(),
+            (Bootstrap::Refused, Bootstrap::Refused) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The backend could not answer: down, timing out, or a 5xx. Clients are told to retry.

@@ -26,11 +26,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
-use crate::backend::{Bootstrap, ConnectRequest};
+use crate::backend::ConnectRequest;
 use crate::node::Node;
 use crate::outbox::{close_code, CloseReason, Outbox, QueueBound, SLOW_CLIENT};
-use crate::protocol::{self, answer};
-use crate::room::AllowedRooms;
+use crate::protocol::answer;
 use crate::stats::Stats;
 use crate::sweeper::SERVER_SHUTDOWN;
 use session::Session;
@@ -129,8 +128,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
     let mut socket = Socket::new(io, shared.config.max_message_size, budget);
     let bootstrap = shared.bootstrap(request).await;
     let allowed = match bootstrap {
-        Ok(Bootstrap::Authorized { allowed_rooms }) => AllowedRooms::from_backend(allowed_rooms),
-        Ok(Bootstrap::Refused) => None,
+        Ok(allowed) => allowed,
         Err(error) => {
             Stats::incr(&stats.backend_errors);
             tracing::warn!(%error, "bootstrap failed: refusing with backend-unavailable");
@@ -146,7 +144,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
             return None;
         }
     };
-    let Some(mut allowed) = allowed else {
+    let Some(allowed) = allowed else {
         tracing::debug!("backend refused the connection");
         let counter = &stats.refused_unauthorized;
         refuse(
@@ -159,8 +157,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
         .await;
         return None;
     };
-    // The backend's own text is only needed for this frame; matching uses the parsed rooms.
-    socket.queue_text(&protocol::authorized(&std::mem::take(&mut allowed.raw)));
+    socket.queue_text(allowed.first_frame());
     let outbox = Outbox::new(
         QueueBound {
             frames: shared.config.outgoing_queue,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::recovery::Recoveries;
 use super::{spawn_hook, Hook, NOT_AUTHORIZED};
-use crate::backend::{BackendError, Bootstrap, ConnectRequest};
+use crate::backend::{BackendError, ConnectRequest};
 use crate::hub::{Subscriber, SubscriptionId};
 use crate::node::Node;
 use crate::outbox::Outbox;
@@ -22,7 +22,8 @@ use crate::protocol::{self, answer, ClientMessage, Positions};
 use crate::room::{AllowedRooms, Room};
 use crate::stats::Stats;
 
-type Reauthorisation = Pin<Box<dyn Future<Output = Result<Bootstrap, BackendError>> + Send>>;
+type Reauthorisation =
+    Pin<Box<dyn Future<Output = Result<Option<AllowedRooms>, BackendError>> + Send>>;
 
 pub(super) struct Session {
     pub shared: Arc<Node>,
@@ -230,12 +231,9 @@ impl Session {
     /// Applies the backend's new answer: rooms no longer allowed are dropped
     /// (`{"type":"unsubscribed","requestId":...}`), a refusal closes the connection, and a
     /// backend outage changes nothing (users are not logged out by our backend's downtime).
-    fn apply_reauth(&mut self, outcome: Result<Bootstrap, BackendError>) {
+    fn apply_reauth(&mut self, outcome: Result<Option<AllowedRooms>, BackendError>) {
         let allowed = match outcome {
-            Ok(Bootstrap::Authorized { allowed_rooms }) => {
-                AllowedRooms::from_backend(allowed_rooms)
-            }
-            Ok(Bootstrap::Refused) => None,
+            Ok(allowed) => allowed,
             Err(error) => {
                 tracing::info!(%error, "re-authorisation skipped: backend unavailable");
                 return;
