@@ -160,22 +160,38 @@ fn the_loud_flag_starts_a_public_demo_with_a_warning() {
         .args(["--demo", "--demo-allow-public", "--listen", "0.0.0.0:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run binary");
-    let stdout = child.stdout.take().expect("stdout");
+    // Logs go to stderr; read them beside the test so a missing line fails in time instead
+    // of waiting forever on a server that keeps running.
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut warned = false;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("log line");
+    let mut up = false;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(line) = received.recv_timeout(left) else {
+            break;
+        };
         if line.contains("DEMO MODE ON A PUBLIC ADDRESS") {
             warned = true;
         }
         if line.contains("demo mode: open") {
+            up = true;
             break;
         }
     }
     child.kill().expect("stop binary");
     let _ = child.wait();
+    assert!(up, "the server never logged that the demo is open");
     assert!(warned, "no warning before the server was up");
 }
