@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# CI for the clients and the demo page: the TypeScript client (node --test), the Python
-# publisher (pytest), and the demo page in headless Chromium — all against the real server
-# binary, the real RabbitMQ, and real sockets.
+# CI for the clients and the demo page: the TypeScript client (node --test, its recovery
+# included), the Python publisher (pytest), and the demo page in headless Chromium — all against
+# the real server binary, the real RabbitMQ, and real sockets.
 #
 # Idempotent on a fresh Debian machine of this kind: installs chromium (apt) if missing, the
 # npm packages (npm ci) and the Python ones (a venv in target/ci-venv). Exits non-zero on any
@@ -53,9 +53,14 @@ cmp -s clients/js/dist/index.js src/demo/page/client.js ||
 step "TypeScript client: tests against the binary"
 node_tests client-tests test/client.test.mjs
 
+step "TypeScript client: recovery (positions, resume, gap notices) against the binary"
+node_tests recovery-tests test/recovery.test.mjs
+
 step "demo page in headless Chromium"
 node_tests browser-tests test/browser.test.mjs
-[ -s "$ARTIFACTS/demo.png" ] || fail "no screenshot at $ARTIFACTS/demo.png"
+for shot in demo.png demo-recovery.png; do
+  [ -s "$ARTIFACTS/$shot" ] || fail "no screenshot at $ARTIFACTS/$shot"
+done
 
 step "Python publisher: install"
 VENV=$ROOT/target/ci-venv

@@ -18,8 +18,14 @@ fi
 echo "== cargo test"
 cargo test --locked
 
+echo "== Autobahn fuzzing client against the websocket layer (examples/autobahn_echo.rs)"
+./scripts/ci-autobahn.sh
+
 echo "== clients and demo page (TypeScript, Python, headless Chromium)"
 ./scripts/ci-clients.sh
+
+echo "== scale-out: three nodes on one stream behind nginx, a node SIGKILLed (TypeScript client)"
+./scripts/ci-scale-out.sh
 
 echo "== benchmark smoke run (tiny sizes, no timing assertions)"
 ./scripts/ci-bench-smoke.sh

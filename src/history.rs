@@ -194,6 +194,10 @@ impl History {
         self.limits.enabled()
     }
 
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
+    }
+
     /// Triggers held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -248,6 +252,19 @@ impl History {
             cost,
         });
         self.expire(now_ms);
+    }
+
+    /// Declares every position up to `through` not held: never taken in (a shared log read
+    /// from after them, or that lost them) or let go of now.
+    pub fn lose_through(&mut self, through: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.trigger.position <= through)
+        {
+            self.evict_front();
+        }
+        self.lost_through = self.lost_through.max(through);
     }
 
     /// Lets go of entries older than the ttl, and of the oldest while over the memory bound.
@@ -405,6 +422,21 @@ mod tests {
         assert!(h.is_empty());
         assert_eq!(h.lost_through(), 2);
         assert_eq!(h.shapes.len(), 0, "the index empties with the entries");
+    }
+
+    #[test]
+    fn positions_declared_lost_are_not_recovered() {
+        let mut h = History::new(LIMITS);
+        h.lose_through(41);
+        assert!(!h.holds_after(40) && h.holds_after(41));
+        h.append(trigger(45, json!([{"c": "1"}])), 0);
+        h.append(trigger(50, json!([{"c": "1"}])), 0);
+        assert_eq!(positions(&h, json!({"c": "1"}), 41), vec![45, 50]);
+        h.lose_through(47);
+        assert_eq!(h.lost_through(), 47);
+        assert_eq!(positions(&h, json!({"c": "1"}), 47), vec![50]);
+        h.lose_through(10);
+        assert_eq!(h.lost_through(), 47, "never goes back");
     }
 
     #[test]

@@ -291,6 +291,21 @@ impl Hub {
         delivered
     }
 
+    /// Calls `f` with every subscription with positions (an epoch change closes them, a loss
+    /// in the shared log notifies them). Walks every room: rare events only.
+    pub fn for_each_positioned(&self, mut f: impl FnMut(&Subscriber)) {
+        let state = self.read();
+        for shape in state.shapes.values() {
+            for entry in shape.rooms.values() {
+                entry
+                    .subscribers
+                    .values()
+                    .filter(|s| s.positions.is_some())
+                    .for_each(&mut f);
+            }
+        }
+    }
+
     /// Rooms with at least one subscription.
     pub fn num_rooms(&self) -> usize {
         self.read().num_rooms
@@ -399,5 +414,38 @@ mod tests {
             keys.iter().map(|k| (k.clone(), json!(1))).collect();
         assert_eq!(hub.publish(&trigger(json!([exact]))), 8);
         assert_eq!(c.received().len(), 8);
+    }
+
+    #[test]
+    fn a_wildcard_on_the_64th_key_matches() {
+        let limits = RoomLimits {
+            max_keys: 64,
+            max_len: 8,
+        };
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i:02}")).collect();
+        let build = |star: Option<&str>| {
+            let map: serde_json::Map<String, Value> = keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        if Some(k.as_str()) == star {
+                            json!("*")
+                        } else {
+                            json!(1)
+                        },
+                    )
+                })
+                .collect();
+            Room::from_map(&map, &limits).expect("64 keys")
+        };
+        let hub = Hub::new();
+        let mut c = client();
+        hub.subscribe(&build(Some("k63")), 1, c.sub("last-star"));
+        hub.subscribe(&build(Some("k00")), 2, c.sub("first-star"));
+        let body = json!({"rooms": [Value::Object(keys.iter().map(|k| (k.clone(), json!(1))).collect())], "data": 1});
+        let t = Trigger::parse(body.to_string().as_bytes(), &limits).expect("trigger");
+        assert_eq!(hub.publish(&t), 2);
+        assert_eq!(c.received(), vec!["first-star", "last-star"]);
     }
 }

@@ -226,6 +226,40 @@ impl Collector for NodeCollector {
             "Publishes dropped for subscriptions with positions whose connection fell behind",
             &[("", "", &s.gap_drops)],
         )?;
+        if let Some(stream) = &shared.stream {
+            gauge(
+                &mut e,
+                "stream_warm",
+                "1 once the history is warmed from the shared stream (amqp_stream)",
+                i64::from(stream.is_warm()),
+            )?;
+            gauge(
+                &mut e,
+                "stream_offset",
+                "Last shared-stream offset taken in (-1: none yet)",
+                stream.offset().map_or(-1, to_i64),
+            )?;
+            let lag = ConstGauge::new(stream.lag_ms() as f64 / 1000.0);
+            lag.encode(e.encode_descriptor(
+                "stream_lag_seconds",
+                "How far behind the shared stream's tail the node reads (age of its oldest \
+                 unread mark)",
+                None,
+                lag.metric_type(),
+            )?)?;
+            counter(
+                &mut e,
+                "stream_epoch_changes",
+                "Times the shared stream was found with another epoch (recreated)",
+                &[("", "", &stream.epoch_changes)],
+            )?;
+            counter(
+                &mut e,
+                "stream_losses",
+                "Times the shared stream no longer held what the node had not read",
+                &[("", "", &stream.losses)],
+            )?;
+        }
         counter(
             &mut e,
             "reauth_unsubscribed",

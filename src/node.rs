@@ -15,6 +15,7 @@ use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::Trigger;
 use crate::sequencer::Sequencer;
 use crate::sources::amqp::Publisher;
+use crate::sources::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
 use crate::sweeper::Registry;
 
@@ -34,6 +35,8 @@ pub(crate) struct Node {
     pub shutdown: CancellationToken,
     /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
     pub amqp_publisher: Option<Publisher>,
+    /// With `amqp_stream`: where the node stands in the shared stream.
+    pub stream: Option<Arc<StreamStatus>>,
     /// Every open connection, with the node-wide timer that keeps their deadlines.
     pub registry: Registry,
     pub(crate) next_subscription: AtomicU64,
@@ -57,11 +60,15 @@ impl Node {
             .status(self.hub.num_rooms(), self.hub.num_subscriptions());
         let (top, entries, bytes) = self.sequencer.sizes();
         status["history"] = serde_json::json!({
-            "epoch": &**self.sequencer.epoch(),
+            "epoch": &*self.sequencer.epoch(),
             "offset": top,
             "entries": entries,
             "bytes": bytes,
         });
+        if let Some(stream) = &self.stream {
+            let connected = self.stats.amqp.connected() == Some(true);
+            status["stream"] = stream.status(connected);
+        }
         status
     }
 
@@ -73,12 +80,28 @@ impl Node {
     }
 
     /// Takes in a batch of triggers from `source`; returns the subscriptions reached.
+    /// A node reading a shared stream takes triggers from it only: one taken in here would
+    /// have no stream position, so it is refused (counted as invalid) — the configuration
+    /// forbids the sources that would do it, this guards hand-built ones.
     pub(crate) fn publish(&self, triggers: Vec<Trigger>, source: TriggerSource) -> usize {
+        if self.stream.is_some() {
+            Stats::add(&self.stats.triggers_invalid, triggers.len() as u64);
+            tracing::warn!(?source, "a trigger outside the shared stream refused");
+            return 0;
+        }
         for _ in &triggers {
             self.stats.trigger_received(source);
         }
         let queued = self.sequencer.publish(triggers, &self.hub);
         Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
         queued
+    }
+
+    /// Takes in a trigger from the shared stream at `position` (the same on every node).
+    pub(crate) fn publish_at(&self, trigger: Trigger, position: u64) {
+        self.stats.trigger_received(TriggerSource::Amqp);
+        if let Some(queued) = self.sequencer.publish_at(trigger, position, &self.hub) {
+            Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
+        }
     }
 }

@@ -33,6 +33,7 @@ pub mod close_code {
     pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
@@ -438,6 +439,12 @@ impl Outbox {
     /// client while its socket is full, so answers cannot pile up.
     pub fn push_reply(&self, text: &str) {
         self.push(opcode::TEXT, &[text.as_bytes()], false, true);
+    }
+
+    /// Queues a notice from outside the connection's task (a gap notice when the shared log
+    /// lost triggers), waking the task. Not bounded: at most one per subscription per loss.
+    pub fn push_notice(&self, text: &str) {
+        self.push(opcode::TEXT, &[text.as_bytes()], false, false);
     }
 
     /// Queues a control frame (ping, pong) if there is room; dropping one when the queue is

@@ -15,10 +15,11 @@ use crate::room::RoomLimits;
 
 /// Subscriptions per connection. 3.1 had no cap, and its own load test subscribes 1,500 rooms
 /// on one socket; dashboards subscribe to long lists at load. A subscription to a room of its
-/// own costs the node ~0.6 KiB (hub entry, room, index postings, the session's requestId map:
-/// BENCHMARKS.md "cost of a subscription"), so the cap bounds one socket at
-/// 10,000 x 0.6 KiB = ~6 MiB, and the per-IP connection limit bounds one host.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+/// own costs the node ~1.3 KiB (hub entry, room, index postings, the session's requestId map;
+/// measured: RSS of one connection subscribing 5,000 and 10,000 rooms, README "Limits"), so
+/// the cap bounds one socket at 5,000 x 1.3 KiB = ~6.5 MiB; the per-IP connection limit and
+/// the message budget (5,000 subscribes take ~15 s after the burst) bound one host.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 5_000;
 /// Sustained client frames per second per connection (messages, pings). Over budget a
 /// connection is not read until the budget refills (see `close_flooders`): a flood costs the
 /// node at most ~200 x 30 us = 6 ms of CPU a second per socket, and a burst only waits.
@@ -56,7 +57,7 @@ pub struct PolicyCli {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// Most subscriptions per connection [default: 256]
+    /// Most subscriptions per connection [default: 5000]
     #[arg(long, env = "HT_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
 
@@ -361,6 +362,12 @@ impl Policy {
             if value == 0 {
                 errors.push(format!("{field}: must be at least 1"));
             }
+        }
+        if self.room_limits.max_keys > crate::room::MAX_ROOM_KEYS {
+            errors.push(format!(
+                "max_room_keys: at most {} (wildcard positions are a 64-bit mask)",
+                crate::room::MAX_ROOM_KEYS
+            ));
         }
         if !(self.messages_per_second.is_finite() && self.messages_per_second > 0.0) {
             errors.push("messages_per_second: must be a positive number".to_string());

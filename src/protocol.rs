@@ -29,7 +29,6 @@ pub mod answer {
         r#"{"code":"error","message":"too-many-subscriptions"}"#;
     pub const INVALID_SINCE: &str = r#"{"code":"error","message":"invalid-since"}"#;
     pub const STATUS_DISABLED: &str = r#"{"code":"error","message":"status-disabled"}"#;
-    pub const RATE_LIMITED: &str = r#"{"code":"error","message":"rate-limited"}"#;
     pub const NOT_AUTHORIZED: &str = r#"{"is_authorized":false}"#;
     pub const BACKEND_UNAVAILABLE: &str =
         r#"{"is_authorized":false,"error":"backend-unavailable"}"#;
@@ -391,6 +390,8 @@ pub enum TriggerError {
     Malformed(String),
     #[error("a batch must hold at most {0} triggers")]
     BatchTooLarge(usize),
+    #[error("this node reads a shared stream (amqp_stream): publish into the exchange")]
+    StreamOnly,
 }
 
 /// A parsed trigger: its rooms, and the publish frame's bytes up to the requestId.

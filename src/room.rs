@@ -33,6 +33,10 @@ pub struct RoomLimits {
     pub max_len: usize,
 }
 
+/// The most keys a room may have: wildcard positions are a bit mask in a `u64` (the hub's
+/// index, [`Room::with_wildcards`]), so a 65th key could not be told apart.
+pub const MAX_ROOM_KEYS: usize = 64;
+
 impl Default for RoomLimits {
     fn default() -> Self {
         // 16 keys covers every real room we have seen (2-4 keys); 256 bytes per key or value

@@ -9,12 +9,20 @@
 //! one batch's fan-out and never across an `.await`; 3.1 subscriptions (no positions) never
 //! take it, and fan-outs from several sources, which ran in parallel before, now take turns
 //! (each is already parallel across the connections' own tasks).
+//!
+//! # Two kinds of sequence
+//! A node alone numbers its triggers itself ([`Sequencer::publish`]) in an epoch of its own.
+//! With a shared stream (`amqp_stream`, [`crate::sources::stream`]) the stream numbers them:
+//! the consumer hands each trigger in with its position ([`Sequencer::publish_at`]), the
+//! epoch is the stream's ([`Sequencer::adopt`]), and positions the stream no longer holds are
+//! declared lost ([`Sequencer::lose_through`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::history::{History, HistoryLimits};
 use crate::hub::{Hub, Subscriber, SubscriptionId};
+use crate::outbox::{close_code, CloseReason};
 use crate::protocol::{Since, Trigger};
 use crate::room::Room;
 use crate::sweeper::now_ms;
@@ -33,8 +41,10 @@ pub enum NotRecovered {
 }
 
 /// The answer to a subscribe with positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
+    /// The epoch the positions are in.
+    pub epoch: Arc<str>,
     /// The newest position taken in when the subscription joined.
     pub top: u64,
     /// For a resume: whether what it missed will be replayed.
@@ -52,14 +62,23 @@ pub enum Replay {
     Live,
 }
 
+/// Why subscriptions with positions are closed when the epoch changes under them (the shared
+/// stream was recreated, or its epoch became known after they joined): their next publishes
+/// would carry positions of another sequence. 1012 (service restart): the client reconnects
+/// and resumes, and learns from `recovered:false` that it must refetch.
+pub const EPOCH_CHANGED: CloseReason = CloseReason {
+    code: close_code::SERVICE_RESTART,
+    reason: "epoch-changed",
+};
+
 struct Log {
+    epoch: Arc<str>,
     top: u64,
     history: History,
 }
 
 /// The node's sequence of triggers.
 pub struct Sequencer {
-    epoch: Arc<str>,
     log: Mutex<Log>,
 }
 
@@ -67,8 +86,8 @@ impl Sequencer {
     /// A sequence of its own: a new epoch for every process run.
     pub fn new(limits: HistoryLimits) -> Sequencer {
         Sequencer {
-            epoch: format!("n{}", uuid::Uuid::new_v4().simple()).into(),
             log: Mutex::new(Log {
+                epoch: format!("n{}", uuid::Uuid::new_v4().simple()).into(),
                 top: 0,
                 history: History::new(limits),
             }),
@@ -81,8 +100,9 @@ impl Sequencer {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn epoch(&self) -> &Arc<str> {
-        &self.epoch
+    /// The epoch now (it changes when the node adopts a shared stream's).
+    pub fn epoch(&self) -> Arc<str> {
+        self.lock().epoch.clone()
     }
 
     /// Takes in `triggers` in order: a position each, the history, the fan-out. Returns the
@@ -99,6 +119,64 @@ impl Sequencer {
             log.history.append(trigger, now);
         }
         reached
+    }
+
+    /// Takes in `trigger` at `position`, given by a shared log, taken in at `now_ms`: the
+    /// history, then the fan-out. A position at or below the newest one is a trigger already
+    /// taken in (a log read again from before where it stopped): skipped, so positions never
+    /// go backwards. Returns the subscriptions reached, `None` when skipped.
+    pub fn publish_at(&self, mut trigger: Trigger, position: u64, hub: &Hub) -> Option<usize> {
+        let mut log = self.lock();
+        if position <= log.top {
+            return None;
+        }
+        log.top = position;
+        trigger.position = position;
+        let trigger = Arc::new(trigger);
+        let reached = hub.publish(&trigger);
+        log.history.append(trigger, now_ms());
+        Some(reached)
+    }
+
+    /// Takes on the shared log's `epoch`, with the `history` warmed from it and its newest
+    /// position `top`. When the epoch is another than the one in force, every subscription
+    /// with positions is closed ([`EPOCH_CHANGED`]) in the same step, before any publish of
+    /// the new epoch can reach it. Returns whether the epoch changed.
+    pub fn adopt(&self, epoch: Arc<str>, history: History, top: u64, hub: &Hub) -> bool {
+        let mut log = self.lock();
+        let changed = log.epoch != epoch;
+        if changed {
+            hub.for_each_positioned(|subscriber| {
+                subscriber.outbox.close(EPOCH_CHANGED);
+            });
+            log.epoch = epoch;
+        }
+        log.history = history;
+        log.top = top;
+        changed
+    }
+
+    /// The shared log no longer holds the positions up to `through` that the node had not
+    /// taken in yet (it was away longer than the log's retention): they are lost. A resume
+    /// from before them gets `recovered:false`, and every live subscription with positions
+    /// gets a gap notice, as it may have lost publishes. Nothing happens when `through` is not
+    /// above the newest position.
+    pub fn lose_through(&self, through: u64, hub: &Hub) {
+        let mut log = self.lock();
+        if through <= log.top {
+            return;
+        }
+        log.top = through;
+        log.history.lose_through(through);
+        hub.for_each_positioned(|subscriber| {
+            let replaying = subscriber.positions.as_ref();
+            // A replaying subscription finds the loss in the history and says so itself.
+            if !replaying.is_some_and(|r| r.load(Ordering::Relaxed)) {
+                subscriber
+                    .outbox
+                    .push_notice(&crate::protocol::gap(&subscriber.request_id_json, through));
+            }
+        });
     }
 
     /// Adds a subscription with positions to the hub. With `since`, a subscription whose
@@ -121,7 +199,7 @@ impl Sequencer {
         let mut log = self.lock();
         log.history.expire(now_ms());
         let recovered = since.map(|since| {
-            if *since.epoch != *self.epoch {
+            if *since.epoch != *log.epoch {
                 Err(NotRecovered::Epoch)
             } else if since.offset > log.top {
                 Err(NotRecovered::Future)
@@ -136,6 +214,7 @@ impl Sequencer {
         replaying.store(matches!(recovered, Some(Ok(()))), Ordering::Relaxed);
         hub.subscribe(room, id, subscriber);
         let joined = Joined {
+            epoch: log.epoch.clone(),
             top: log.top,
             recovered,
         };
@@ -163,9 +242,122 @@ impl Sequencer {
         }
     }
 
+    /// The history's limits, for a history warmed outside the lock.
+    pub fn limits(&self) -> HistoryLimits {
+        self.lock().history.limits()
+    }
+
     /// The newest position, and the history's entries and cost.
     pub fn sizes(&self) -> (u64, usize, usize) {
         let log = self.lock();
         (log.top, log.history.len(), log.history.bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, QueueBound, Wire};
+    use crate::room::RoomLimits;
+    use crate::stats::Stats;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const LIMITS: HistoryLimits = HistoryLimits {
+        ttl: Duration::from_secs(60),
+        memory: 1 << 20,
+    };
+
+    fn room() -> Room {
+        Room::parse(&json!({"chat": "1"}), &RoomLimits::default()).expect("room")
+    }
+
+    fn trigger(n: u64) -> Trigger {
+        let body = json!({"rooms": [{"chat": "1"}], "data": n}).to_string();
+        Trigger::parse(body.as_bytes(), &RoomLimits::default()).expect("trigger")
+    }
+
+    /// A subscription with positions, live, and its outbox.
+    fn positioned(sequencer: &Sequencer, hub: &Hub) -> Outbox {
+        let outbox = Outbox::new(QueueBound::frames(64), Arc::new(Stats::new()));
+        let subscriber = Subscriber {
+            outbox: outbox.clone(),
+            request_id_json: "\"r\"".into(),
+            positions: Some(Arc::new(AtomicBool::new(false))),
+        };
+        let replaying = AtomicBool::new(false);
+        sequencer.subscribe(hub, &room(), 1, subscriber, None, &replaying, |_| {});
+        outbox
+    }
+
+    fn queued(outbox: &Outbox) -> String {
+        let mut wire = Wire::default();
+        outbox.take(&mut wire);
+        String::from_utf8_lossy(&wire.to_vec()).into_owned()
+    }
+
+    #[test]
+    fn positions_from_a_shared_log_never_go_backwards() {
+        let (sequencer, hub) = (Sequencer::new(LIMITS), Hub::new());
+        let outbox = positioned(&sequencer, &hub);
+        assert_eq!(sequencer.publish_at(trigger(1), 10, &hub), Some(1));
+        assert_eq!(sequencer.publish_at(trigger(1), 10, &hub), None, "again");
+        assert_eq!(sequencer.publish_at(trigger(0), 7, &hub), None, "older");
+        assert_eq!(sequencer.publish_at(trigger(2), 12, &hub), Some(1));
+        let text = queued(&outbox);
+        assert!(
+            text.contains(r#""data":1,"requestId":"r","offset":10}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""offset":12}"#) && !text.contains(r#""offset":7}"#));
+        assert_eq!(sequencer.sizes().0, 12);
+    }
+
+    #[test]
+    fn a_loss_in_the_log_is_a_gap_notice_and_not_recovered() {
+        let (sequencer, hub) = (Sequencer::new(LIMITS), Hub::new());
+        let outbox = positioned(&sequencer, &hub);
+        sequencer.publish_at(trigger(1), 3, &hub);
+        queued(&outbox);
+        sequencer.lose_through(9, &hub);
+        let text = queued(&outbox);
+        assert!(
+            text.ends_with(r#"{"type":"gap","requestId":"r","offset":9}"#),
+            "{text}"
+        );
+        sequencer.lose_through(5, &hub);
+        assert_eq!(queued(&outbox), "", "nothing new was lost");
+        let epoch = sequencer.epoch().to_string();
+        let since = Since { epoch, offset: 3 };
+        let replaying = AtomicBool::new(false);
+        let subscriber = Subscriber {
+            outbox: outbox.clone(),
+            request_id_json: "\"s\"".into(),
+            positions: Some(Arc::new(AtomicBool::new(false))),
+        };
+        let joined = sequencer.subscribe(
+            &hub,
+            &room(),
+            2,
+            subscriber,
+            Some(&since),
+            &replaying,
+            |_| {},
+        );
+        assert_eq!(joined.recovered, Some(Err(NotRecovered::Expired)));
+        assert_eq!(joined.top, 9);
+    }
+
+    #[test]
+    fn adopting_another_epoch_closes_subscriptions_with_positions() {
+        let (sequencer, hub) = (Sequencer::new(LIMITS), Hub::new());
+        let outbox = positioned(&sequencer, &hub);
+        let epoch = sequencer.epoch();
+        assert!(!sequencer.adopt(epoch.clone(), History::new(LIMITS), 0, &hub));
+        assert!(!outbox.is_closing(), "the same epoch changes nothing");
+        assert!(sequencer.adopt("s-new".into(), History::new(LIMITS), 40, &hub));
+        assert_eq!(outbox.close_reason(), Some(EPOCH_CHANGED));
+        assert_eq!(&*sequencer.epoch(), "s-new");
+        assert_eq!(sequencer.sizes().0, 40);
     }
 }

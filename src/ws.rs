@@ -22,6 +22,18 @@ pub mod opcode {
 /// Control frames carry at most this many payload bytes (section 5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// Whether a client's `Sec-WebSocket-Key` is what section 4.2.1 asks for: base64 that
+/// decodes to exactly 16 bytes.
+pub fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    // 16 bytes are 24 base64 characters; anything longer is refused before decoding it.
+    let mut decoded = [0u8; 18];
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode_slice(key, &mut decoded)
+            .is_ok_and(|n| n == 16)
+}
+
 /// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
     use base64::Engine;
@@ -143,7 +155,18 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, FrameE
         None => {
             let mut be = [0u8; 8];
             be[8 - len_bytes..].copy_from_slice(&buf[2..2 + len_bytes]);
-            usize::try_from(u64::from_be_bytes(be)).unwrap_or(usize::MAX)
+            let len = u64::from_be_bytes(be);
+            // Section 5.2: the most significant bit of a 64-bit length is 0, and a length is
+            // written in the fewest bytes that hold it. Such a frame is malformed, whatever
+            // its size.
+            if len >> 63 != 0 {
+                return Err(FrameError::Protocol("64-bit length with the top bit set"));
+            }
+            let shortest = if len_bytes == 2 { 126 } else { 0x1_0000 };
+            if len < shortest {
+                return Err(FrameError::Protocol("length not in its shortest form"));
+            }
+            usize::try_from(len).unwrap_or(usize::MAX)
         }
     };
     if control && (!fin || payload_len > MAX_CONTROL_PAYLOAD) {
@@ -178,13 +201,20 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// The close code in a close frame's payload, as the reply should echo it: none given reads
-/// as 1000, and codes a peer may not send (section 7.4) read as a protocol error.
+/// The code to answer a client's close frame with, given its payload: the client's own code
+/// echoed (none given reads as 1000); 1002 for a code a peer may not send (section 7.4) or a
+/// payload too short to hold one; 1007 for a reason that is not UTF-8 (section 5.5.1).
 pub fn close_code_of(payload: &[u8]) -> u16 {
     match payload {
         [] => 1000,
-        [a, b, ..] => match u16::from_be_bytes([*a, *b]) {
-            code @ (1000..=1003 | 1007..=1014 | 3000..=4999) => code,
+        [a, b, reason @ ..] => match u16::from_be_bytes([*a, *b]) {
+            code @ (1000..=1003 | 1007..=1014 | 3000..=4999) => {
+                if std::str::from_utf8(reason).is_ok() {
+                    code
+                } else {
+                    1007
+                }
+            }
             _ => 1002,
         },
         [_] => 1002,
@@ -299,6 +329,35 @@ mod tests {
     }
 
     #[test]
+    fn lengths_must_be_in_their_shortest_form_and_the_top_bit_clear() {
+        let head = |length: &[u8]| [&[0x81, 0x80 | length[0]], &length[1..], &[0; 4]].concat();
+        let malformed = [
+            head(&[126, 0, 125]),
+            head(&[127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]),
+            head(&[127, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+            head(&[127, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
+        ];
+        for bytes in malformed {
+            assert!(
+                matches!(parse_head(&bytes, usize::MAX), Err(FrameError::Protocol(_))),
+                "{bytes:?}"
+            );
+        }
+        let shortest = [
+            (head(&[126, 0, 126]), 126),
+            (head(&[127, 0, 0, 0, 0, 0, 1, 0, 0]), 0x1_0000),
+            (
+                head(&[127, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
+                i64::MAX as usize,
+            ),
+        ];
+        for (bytes, len) in shortest {
+            let head = parse_head(&bytes, usize::MAX).unwrap().unwrap();
+            assert_eq!(head.payload_len, len);
+        }
+    }
+
+    #[test]
     fn close_frames_carry_code_and_a_cut_reason() {
         let mut buf = Vec::new();
         put_close(&mut buf, 1013, "slow-client");
@@ -318,6 +377,23 @@ mod tests {
         assert_eq!(close_code_of(&[0x0F, 0xA0]), 4000);
         assert_eq!(close_code_of(&[0x03, 0xED]), 1002); // 1005 may not be sent
         assert_eq!(close_code_of(&[0x03]), 1002);
+        assert_eq!(close_code_of(&[0x03, 0xE8, 0xC3, 0x28]), 1007); // reason not UTF-8
+        assert_eq!(close_code_of(&[0x03, 0xE7, 0xC3, 0x28]), 1002); // 999: the code first
+    }
+
+    #[test]
+    fn handshake_keys_are_16_bytes_of_base64() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for key in [
+            &b""[..],
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"AAAAAAAAAAAAAAAAAAAAAAA=",
+            b"AAAAAAAAAAAAAAAAAAAAAAAA",
+            b"dGhlIHNhbXBsZSBub25jZQ==AAAA",
+            b"dGhlIHNhbXBsZSBub25jZQ=!",
+        ] {
+            assert!(!is_valid_key(key), "{key:?}");
+        }
     }
 
     #[test]

@@ -20,9 +20,7 @@ async fn the_31_load_test_passes_on_defaults() {
         .collect();
     let backend = TestBackend::start(Reply::ok(json!({ "allowed_rooms": rooms }))).await;
     let exchange = unique("ht-load31");
-    let Some(publisher) = AmqpPublisher::connect().await else {
-        return;
-    };
+    let publisher = AmqpPublisher::connect().await;
     let server = start(with_amqp(config_for(&backend), &exchange)).await;
     common::brokers::wait_for_connects(&server, "amqp", 1).await;
 

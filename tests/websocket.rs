@@ -6,130 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::*;
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// A masked client frame.
-fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xFA, 0x21, 0x3D];
-    let mut out = vec![first];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-impl Raw {
-    /// Opens `/ws/` with a hand-written handshake and reads the `is_authorized` frame.
-    async fn open(addr: std::net::SocketAddr) -> Raw {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "GET /ws/ HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut raw = Raw {
-            stream,
-            buf: Vec::new(),
-        };
-        let head = raw.read_until_blank_line().await;
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        // The RFC's own example key and answer.
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-            "{head}"
-        );
-        let (op, payload) = raw.next_frame().await;
-        assert_eq!(op, TEXT);
-        let first: serde_json::Value = serde_json::from_slice(&payload).expect("json");
-        assert_eq!(first["is_authorized"], true);
-        raw
-    }
-
-    async fn fill(&mut self) {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
-            .await
-            .expect("data in time")
-            .expect("read");
-        assert!(n > 0, "connection ended");
-        self.buf.extend_from_slice(&chunk[..n]);
-    }
-
-    async fn read_until_blank_line(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-                self.buf.drain(..end + 4);
-                return head;
-            }
-            self.fill().await;
-        }
-    }
-
-    /// The next server frame: opcode and payload (server frames are unmasked and whole).
-    async fn next_frame(&mut self) -> (u8, Vec<u8>) {
-        loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
-                assert_eq!(self.buf[0] & 0x80, 0x80, "server frames are final");
-                let (skip, len) = match self.buf[1] {
-                    126 if self.buf.len() >= 4 => (
-                        4,
-                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (2, usize::from(n)),
-                };
-                if skip != usize::MAX && self.buf.len() >= skip + len {
-                    let op = self.buf[0] & 0x0F;
-                    let payload = self.buf[skip..skip + len].to_vec();
-                    self.buf.drain(..skip + len);
-                    return (op, payload);
-                }
-            }
-            self.fill().await;
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// The close frame's code, skipping other frames.
-    async fn close_code(&mut self) -> u16 {
-        loop {
-            let (op, payload) = self.next_frame().await;
-            if op == CLOSE {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_plain_get_is_told_to_upgrade() {
@@ -194,12 +73,9 @@ async fn a_client_close_is_echoed() {
 #[tokio::test]
 async fn frames_a_client_may_not_send_close_the_connection() {
     let (_backend, server) = server_allowing(json!([])).await;
-    let cases: [(Vec<u8>, u16); 5] = [
-        (frame(0x80 | TEXT, &[0xC3, 0x28]), 1007), // not UTF-8
-        (frame(0x80 | BINARY, b"x"), 1003),
-        (vec![0x81, 0x01, b'x'], 1002),  // unmasked
-        (frame(0x80, b"x"), 1002),       // continuation of nothing
-        (frame(0x80 | 0x3, b"x"), 1002), // reserved opcode
+    let cases: [(Vec<u8>, u16); 2] = [
+        (frame(FIN | TEXT, &[0xC3, 0x28]), 1007), // not UTF-8 (section 8.1)
+        (frame(FIN | BINARY, b"x"), 1003),
     ];
     for (bytes, code) in cases {
         let mut raw = Raw::open(server.local_addr).await;
@@ -210,6 +86,74 @@ async fn frames_a_client_may_not_send_close_the_connection() {
     let mut client = Client::authorized(server.local_addr).await;
     client.send("ping").await;
     assert_eq!(client.recv_text().await, "pong");
+}
+
+#[tokio::test]
+async fn frames_breaking_the_framing_rules_fail_the_connection_with_1002() {
+    let (_backend, server) = server_allowing(json!([])).await;
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unmasked", vec![FIN | TEXT, 0x01, b'x']),
+        ("continuation of nothing", frame(FIN | CONTINUATION, b"x")),
+        (
+            "a new message before the last one ended",
+            [frame(TEXT, b"a"), frame(FIN | TEXT, b"b")].concat(),
+        ),
+        ("RSV1 without an extension", frame(FIN | 0x40 | TEXT, b"x")),
+        ("RSV2", frame(FIN | 0x20 | TEXT, b"x")),
+        ("RSV3", frame(FIN | 0x10 | PING, b"x")),
+        ("fragmented ping", frame(PING, b"x")),
+        ("fragmented close", frame(CLOSE, &1000u16.to_be_bytes())),
+        ("ping over 125 bytes", frame(FIN | PING, &[b'x'; 126])),
+        // Section 5.2: "the minimal number of bytes MUST be used to encode the length".
+        (
+            "5 bytes in a 16-bit length",
+            frame_with_length(FIN | TEXT, &[126, 0, 5], b"abcde"),
+        ),
+        (
+            "125 bytes in a 16-bit length",
+            frame_with_length(FIN | TEXT, &[126, 0, 125], &[b'a'; 125]),
+        ),
+        (
+            "200 bytes in a 64-bit length",
+            frame_with_length(FIN | TEXT, &[127, 0, 0, 0, 0, 0, 0, 0, 200], &[b'a'; 200]),
+        ),
+        (
+            "65535 bytes in a 64-bit length",
+            frame_with_length(FIN | TEXT, &[127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF], &[]),
+        ),
+        // Section 5.2: "the most significant bit MUST be 0" - malformed, not merely too big.
+        (
+            "64-bit length with the top bit set",
+            frame_with_length(FIN | TEXT, &[127, 0x80, 0, 0, 0, 0, 0, 0, 1], &[]),
+        ),
+    ];
+    for op in (0x3..=0x7).chain(0xB..=0xF) {
+        cases.push(("reserved opcode", frame(FIN | op, b"x")));
+    }
+    for (what, bytes) in cases {
+        let mut raw = Raw::open(server.local_addr).await;
+        raw.send(&bytes).await;
+        assert_eq!(raw.close_code().await, 1002, "{what}");
+        // Failed, not closed: the server ends the stream without waiting for a close.
+        raw.ends_promptly().await;
+    }
+}
+
+#[tokio::test]
+async fn a_handshake_key_that_is_not_16_bytes_of_base64_is_refused() {
+    let (_backend, server) = server_allowing(json!([])).await;
+    for key in [
+        "",
+        "not base64 at all",
+        "AAAAAAAAAAAAAAAAAAAA",         // 15 bytes
+        "AAAAAAAAAAAAAAAAAAAAAAA=",     // 17 bytes
+        "dGhlIHNhbXBsZSBub25jZQ",       // 16 bytes, padding missing
+        "dGhlIHNhbXBsZSBub25jZQ==AAAA", // 19 bytes
+    ] {
+        let (_raw, head) = Raw::handshake(server.local_addr, key).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "key {key:?}: {head}");
+    }
+    Raw::open(server.local_addr).await;
 }
 
 #[tokio::test]

@@ -149,6 +149,22 @@ pub struct Cli {
     #[arg(long, env = "HT_AMQP_PUBLISH_HTTP_TRIGGERS")]
     pub amqp_publish_http_triggers: bool,
 
+    /// Consume this shared, durable RabbitMQ stream (declared by the node, bound to the
+    /// exchange with "*") instead of a per-node queue: positions are stream offsets, the same
+    /// on every node, so a client resumes on any node; /trigger/ then always publishes into
+    /// the exchange [default: off]
+    #[arg(long, env = "HT_AMQP_STREAM", value_name = "NAME")]
+    pub amqp_stream: Option<String>,
+
+    /// The stream's retention by age (x-max-age), at least --history-ttl [default: 1h]
+    #[arg(long, env = "HT_AMQP_STREAM_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub amqp_stream_max_age: Option<Duration>,
+
+    /// The stream's retention by size (x-max-length-bytes): its disk on the broker
+    /// [default: 1GiB]
+    #[arg(long, env = "HT_AMQP_STREAM_MAX_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub amqp_stream_max_bytes: Option<usize>,
+
     /// Receive triggers by Redis pub/sub, e.g. redis://127.0.0.1:6379/ [default: off]
     #[arg(
         long,

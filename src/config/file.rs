@@ -41,6 +41,9 @@ pub(super) struct FileConfig {
     pub(super) amqp_url: Option<String>,
     pub(super) amqp_exchange: Option<String>,
     pub(super) amqp_publish_http_triggers: Option<bool>,
+    pub(super) amqp_stream: Option<String>,
+    pub(super) amqp_stream_max_age: Option<DurationValue>,
+    pub(super) amqp_stream_max_bytes: Option<SizeValue>,
     pub(super) redis_url: Option<String>,
     pub(super) redis_channel: Option<String>,
 }

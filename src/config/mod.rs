@@ -53,8 +53,22 @@ pub const DEFAULT_MAX_BATCH: usize = 10_000;
 pub const DEFAULT_AMQP_EXCHANGE: &str = "hightemplar";
 /// The Redis channel, named like the exchange so one word names the trigger stream.
 pub const DEFAULT_REDIS_CHANNEL: &str = "hightemplar";
-/// AMQP 0.9.1 names (exchanges) are short strings: at most 255 bytes.
+/// AMQP 0.9.1 names (exchanges, queues) are short strings: at most 255 bytes.
 const MAX_AMQP_NAME: usize = 255;
+/// How long the shared stream (`amqp_stream`) keeps a trigger. It must cover the history ttl
+/// (a starting node warms its history from the last ttl of the stream) and should cover the
+/// longest outage a node is to come back from without a gap (a node away for less resumes
+/// where it stopped; longer, its clients are told what cannot be proven). An hour covers a
+/// broker restart, a deploy or a network partition of some minutes with room to spare.
+pub const DEFAULT_AMQP_STREAM_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The stream's size bound (`x-max-length-bytes`): the broker's disk cost of the stream, plus
+/// one segment ([`crate::sources::stream::SEGMENT_BYTES`]). At 1,000 triggers/s of ~300 bytes
+/// (~400 on disk with the broker's per-message overhead) 1 GiB holds ~45 minutes; at 100/s
+/// the whole hour of `DEFAULT_AMQP_STREAM_MAX_AGE`. Whichever bound is reached first wins.
+pub const DEFAULT_AMQP_STREAM_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// The least `amqp_stream_max_bytes` allowed: four segments, so retention (which drops whole
+/// segments) never leaves the stream empty of the node's own epoch markers.
+const MIN_AMQP_STREAM_MAX_BYTES: u64 = 4 * crate::sources::stream::SEGMENT_BYTES;
 
 mod cli;
 mod file;
@@ -117,8 +131,23 @@ pub struct AmqpSettings {
     pub url: String,
     /// Exchange to declare and consume from (direct, not durable).
     pub exchange: String,
-    /// `POST /trigger/` publishes into the exchange instead of delivering locally.
+    /// `POST /trigger/` publishes into the exchange instead of delivering locally (always on
+    /// with a stream: a trigger delivered locally would have no stream position).
     pub publish_http_triggers: bool,
+    /// Consume one shared, durable stream instead of a per-node queue (issue 13): positions
+    /// are stream offsets, the same on every node. `None`: 3.1's per-node queue.
+    pub stream: Option<StreamSettings>,
+}
+
+/// The shared stream every node consumes (`amqp_stream`, docs/scale-out.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// The stream queue's name, bound to the exchange with routing key `*`.
+    pub name: String,
+    /// Retention by age (`x-max-age`); at least the history ttl.
+    pub max_age: Duration,
+    /// Retention by size (`x-max-length-bytes`): the broker's disk for the stream.
+    pub max_bytes: u64,
 }
 
 /// The Redis pub/sub trigger source.
@@ -272,6 +301,7 @@ impl Config {
         let file_backend_timeout = duration("backend_timeout", file.backend_timeout);
         let file_summary = duration("log_summary_interval", file.log_summary_interval);
         let file_history_ttl = duration("history_ttl", file.history_ttl);
+        let file_stream_max_age = duration("amqp_stream_max_age", file.amqp_stream_max_age);
         let file_history_memory = file.history_memory.and_then(|size| {
             size.parse()
                 .map_err(|e| errors.push(format!("history_memory: {e}")))
@@ -301,11 +331,37 @@ impl Config {
         let amqp_exchange = cli.amqp_exchange.or(file.amqp_exchange);
         let amqp_publish =
             cli.amqp_publish_http_triggers || file.amqp_publish_http_triggers.unwrap_or(false);
+        let file_stream_max_bytes = file.amqp_stream_max_bytes.and_then(|size| {
+            size.parse()
+                .map_err(|e| errors.push(format!("amqp_stream_max_bytes: {e}")))
+                .ok()
+        });
+        let stream_max_age = cli.amqp_stream_max_age.or(file_stream_max_age);
+        let stream_max_bytes = cli.amqp_stream_max_bytes.or(file_stream_max_bytes);
+        let stream = match cli.amqp_stream.or(file.amqp_stream) {
+            Some(name) => Some(StreamSettings {
+                name,
+                max_age: stream_max_age.unwrap_or(DEFAULT_AMQP_STREAM_MAX_AGE),
+                max_bytes: stream_max_bytes
+                    .map_or(DEFAULT_AMQP_STREAM_MAX_BYTES, |bytes| bytes as u64),
+            }),
+            None => {
+                if stream_max_age.is_some() {
+                    errors.push("amqp_stream_max_age: needs amqp_stream".to_string());
+                }
+                if stream_max_bytes.is_some() {
+                    errors.push("amqp_stream_max_bytes: needs amqp_stream".to_string());
+                }
+                None
+            }
+        };
         let amqp = match cli.amqp_url.or(file_amqp_url) {
             Some(url) => Some(AmqpSettings {
                 url,
                 exchange: amqp_exchange.unwrap_or_else(|| DEFAULT_AMQP_EXCHANGE.to_string()),
-                publish_http_triggers: amqp_publish,
+                // With a stream, /trigger/ must go through the exchange to get a position.
+                publish_http_triggers: amqp_publish || stream.is_some(),
+                stream,
             }),
             None => {
                 if amqp_exchange.is_some() {
@@ -313,6 +369,9 @@ impl Config {
                 }
                 if amqp_publish {
                     errors.push("amqp_publish_http_triggers: needs amqp_url".to_string());
+                }
+                if stream.is_some() {
+                    errors.push("amqp_stream: needs amqp_url".to_string());
                 }
                 None
             }
@@ -456,11 +515,48 @@ impl Config {
                     "amqp_exchange: must be 1 to {MAX_AMQP_NAME} bytes long"
                 ));
             }
+            if let Some(stream) = &amqp.stream {
+                errors.extend(self.stream_problems(stream));
+            }
         }
         if let Some(redis) = &self.redis {
             if redis.channel.is_empty() {
                 errors.push("redis_channel: must not be empty".to_string());
             }
+        }
+        errors
+    }
+
+    /// A stream must keep what the history is to be warmed from, and every trigger must get a
+    /// stream position.
+    fn stream_problems(&self, stream: &StreamSettings) -> Vec<String> {
+        let mut errors = Vec::new();
+        if stream.name.is_empty() || stream.name.len() > MAX_AMQP_NAME {
+            errors.push(format!(
+                "amqp_stream: must be 1 to {MAX_AMQP_NAME} bytes long"
+            ));
+        }
+        if stream.max_age < self.history.ttl || stream.max_age < Duration::from_secs(1) {
+            errors.push(format!(
+                "amqp_stream_max_age: must be at least history_ttl ({}s) and 1s",
+                self.history.ttl.as_secs()
+            ));
+        }
+        if stream.max_bytes < MIN_AMQP_STREAM_MAX_BYTES {
+            errors.push(format!(
+                "amqp_stream_max_bytes: must be at least {MIN_AMQP_STREAM_MAX_BYTES} (four \
+                 segments of the stream)"
+            ));
+        }
+        if self.redis.is_some() {
+            errors.push(
+                "redis_url: cannot be combined with amqp_stream (its triggers would have no \
+                 stream position); publish them to the exchange instead"
+                    .to_string(),
+            );
+        }
+        if !self.amqp.as_ref().is_some_and(|a| a.publish_http_triggers) {
+            errors.push("amqp_publish_http_triggers: must be on with amqp_stream".to_string());
         }
         errors
     }

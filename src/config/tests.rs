@@ -191,6 +191,107 @@ fn the_summary_interval_is_read_and_0_turns_it_off() {
 }
 
 #[test]
+fn rooms_wider_than_the_wildcard_mask_are_refused_at_start() {
+    let config = Config::from_toml("[limits]\nmax_room_keys = 64\n").expect("64 fits");
+    assert_eq!(config.policy.room_limits.max_keys, 64);
+    let err = Config::from_toml("[limits]\nmax_room_keys = 65\n").expect_err("65 does not");
+    assert!(
+        err.to_string().contains("max_room_keys: at most 64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn history_settings_take_durations_and_sizes() {
+    let config =
+        Config::from_toml("history_ttl = \"90s\"\nhistory_memory = \"8MiB\"\n").expect("valid");
+    assert_eq!(config.history.ttl, Duration::from_secs(90));
+    assert_eq!(config.history.memory, 8 * 1024 * 1024);
+    let config = Config::from_toml("history_ttl = 0\nhistory_memory = 1000\n").expect("valid");
+    assert!(!config.history.enabled());
+    assert_eq!(config.history.memory, 1000);
+    let err = Config::from_toml("history_memory = \"lots\"\n").expect_err("invalid");
+    assert!(err.to_string().contains("history_memory:"), "{err}");
+}
+
+#[test]
+fn a_stream_has_its_retention_and_always_publishes_http_triggers() {
+    let config = Config::from_toml(
+        r#"
+        amqp_url = "amqp://127.0.0.1"
+        amqp_stream = "hightemplar-log"
+        "#,
+    )
+    .expect("valid");
+    let amqp = config.amqp.expect("amqp on");
+    assert!(
+        amqp.publish_http_triggers,
+        "a stream implies publish-through"
+    );
+    assert_eq!(
+        amqp.stream,
+        Some(StreamSettings {
+            name: "hightemplar-log".into(),
+            max_age: DEFAULT_AMQP_STREAM_MAX_AGE,
+            max_bytes: DEFAULT_AMQP_STREAM_MAX_BYTES,
+        })
+    );
+    let cli = Cli::try_parse_from([
+        "high-templar",
+        "--amqp-url",
+        "amqp://127.0.0.1",
+        "--amqp-stream",
+        "log",
+        "--amqp-stream-max-age",
+        "2h",
+        "--amqp-stream-max-bytes",
+        "10GiB",
+    ])
+    .expect("cli");
+    let stream = Config::merge(cli, FileConfig::default())
+        .expect("valid")
+        .amqp
+        .and_then(|a| a.stream)
+        .expect("stream");
+    assert_eq!(stream.max_age, Duration::from_secs(7200));
+    assert_eq!(stream.max_bytes, 10 << 30);
+}
+
+#[test]
+fn a_stream_must_keep_the_history_and_give_every_trigger_a_position() {
+    let err = Config::from_toml(
+        r#"
+        amqp_url = "amqp://127.0.0.1"
+        amqp_stream = "log"
+        amqp_stream_max_age = "1m"
+        amqp_stream_max_bytes = "1MiB"
+        redis_url = "redis://127.0.0.1/"
+        "#,
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    for field in [
+        "amqp_stream_max_age: must be at least history_ttl (300s)",
+        "amqp_stream_max_bytes: must be at least",
+        "redis_url: cannot be combined with amqp_stream",
+    ] {
+        assert!(text.contains(field), "{field} missing in {text}");
+    }
+    let err = Config::from_toml("amqp_stream = \"log\"\namqp_stream_max_age = 7200")
+        .expect_err("needs a url");
+    assert!(
+        err.to_string().contains("amqp_stream: needs amqp_url"),
+        "{err}"
+    );
+    let err = Config::from_toml("amqp_stream_max_bytes = \"2GiB\"").expect_err("needs a stream");
+    assert!(
+        err.to_string()
+            .contains("amqp_stream_max_bytes: needs amqp_stream"),
+        "{err}"
+    );
+}
+
+#[test]
 fn broker_sources_are_read_with_defaults() {
     let config = Config::from_toml(
         r#"

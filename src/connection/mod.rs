@@ -56,6 +56,12 @@ const NOT_AUTHORIZED: CloseReason = CloseReason {
     reason: "not-authorized",
 };
 
+/// Client messages are JSON text; a binary message is refused (README, "Limits").
+const BINARY_NOT_SUPPORTED: CloseReason = CloseReason {
+    code: close_code::UNSUPPORTED_DATA,
+    reason: "binary-not-supported",
+};
+
 /// What the connection holds while it is open.
 struct Open {
     socket: Socket,
@@ -222,6 +228,9 @@ async fn serve(socket: &mut Socket, session: &mut Session, stats: &Stats) -> Rea
             }
             let read = socket.poll_read(cx, &outbox, stats, &mut |message| match message {
                 Incoming::Text(text) => session.on_text(text),
+                Incoming::Binary(_) => {
+                    outbox.close(BINARY_NOT_SUPPORTED);
+                }
             });
             match read {
                 Poll::Ready(Some(end)) => return Poll::Ready(end),

@@ -174,7 +174,7 @@ impl Session {
             since,
             &replaying,
             |joined| {
-                outbox.push_reply(&protocol::subscribed(sequencer.epoch(), joined));
+                outbox.push_reply(&protocol::subscribed(&joined.epoch, joined));
             },
         );
         if let (Some(since), Some(recovered)) = (since, joined.recovered) {

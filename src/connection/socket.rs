@@ -4,6 +4,11 @@
 //! frame whose rest has not arrived is kept, and only until it has. Output is the outbox's
 //! bytes, taken whole and written until the socket takes no more. An idle connection thus
 //! holds no buffer of either kind.
+//!
+//! Closing takes one of three ways (RFC 6455 section 7): the client's close is answered and
+//! the stream ends; a close of ours waits for the client's (which may already be in what was
+//! read); and a connection failed for a frame the client may not send ends the stream right
+//! after our close frame, reading nothing more from the client, not even its close.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -37,9 +42,14 @@ const READ_CHUNK: usize = 4096;
 
 pub(crate) type Io = TokioIo<Upgraded>;
 
-/// What the client sent, handed to the session.
+/// A whole message the client sent (fragments joined, text checked to be UTF-8).
 pub(super) enum Incoming<'a> {
     Text(&'a str),
+    #[allow(
+        dead_code,
+        reason = "the server refuses binary unread; the Autobahn echo server reads it"
+    )]
+    Binary(&'a [u8]),
 }
 
 /// How reading stopped.
@@ -66,6 +76,9 @@ pub(super) struct Socket {
     /// Frames the client may send; over it, the rest of the input waits in `partial` and
     /// the socket is not read.
     budget: Budget,
+    /// The client sent what fails the connection (section 7.1.7): after our close frame,
+    /// nothing more of its input is processed.
+    failed: bool,
 }
 
 impl Socket {
@@ -79,6 +92,7 @@ impl Socket {
             fragments: None,
             max_message,
             budget,
+            failed: false,
         }
     }
 
@@ -150,10 +164,8 @@ impl Socket {
         if self.budget.is_waiting() {
             ready!(self.budget.poll_refilled(cx));
             if !self.partial.is_empty() {
-                let mut buf = std::mem::take(&mut self.partial);
-                let result = self.consume(&mut buf, outbox, stats, on_message);
-                self.keep_unused(buf, &result);
-                return Poll::Ready(result.err());
+                let buf = std::mem::take(&mut self.partial);
+                return Poll::Ready(self.consume_kept(buf, &[], outbox, stats, on_message));
             }
         }
         // Not zeroed first: 4 KiB of memset on every read showed in the profiles.
@@ -169,63 +181,68 @@ impl Socket {
         }
         let input = buf.filled_mut();
         outbox.heard();
-        let result = if self.partial.is_empty() {
-            let result = self.consume(input, outbox, stats, on_message);
-            if let Ok(used) = result {
-                self.partial.extend_from_slice(&input[used..]);
-            }
-            result
+        // What follows the last frame handled is kept even when reading ends: once we close,
+        // the client's close may already be in it; and over budget, it waits there.
+        let end = if self.partial.is_empty() {
+            let (used, end) = self.consume(input, outbox, stats, on_message);
+            self.partial.extend_from_slice(&input[used..]);
+            end
         } else {
-            let mut buf = std::mem::take(&mut self.partial);
-            buf.extend_from_slice(input);
-            let result = self.consume(&mut buf, outbox, stats, on_message);
-            self.keep_unused(buf, &result);
-            result
+            let buf = std::mem::take(&mut self.partial);
+            self.consume_kept(buf, input, outbox, stats, on_message)
         };
-        Poll::Ready(result.err())
+        Poll::Ready(end)
     }
 
-    /// Keeps what `consume` left of `buf` for the next round.
-    fn keep_unused(&mut self, mut buf: Vec<u8>, result: &Result<usize, ReadEnd>) {
-        if let Ok(used) = *result {
-            if used < buf.len() {
-                buf.drain(..used);
-                self.partial = buf;
-            }
+    /// Handles `buf` (input kept from before) followed by `input`; keeps what is left.
+    fn consume_kept(
+        &mut self,
+        mut buf: Vec<u8>,
+        input: &[u8],
+        outbox: &Outbox,
+        stats: &Stats,
+        on_message: &mut dyn FnMut(Incoming<'_>),
+    ) -> Option<ReadEnd> {
+        buf.extend_from_slice(input);
+        let (used, end) = self.consume(&mut buf, outbox, stats, on_message);
+        if used < buf.len() {
+            buf.drain(..used);
+            self.partial = buf;
         }
+        end
     }
 
-    /// Handles the whole frames at the start of `buf`; returns the bytes they took.
-    /// Every frame but a close spends budget; over budget, the frames from there on are left
-    /// unhandled (`Ok` short of the end) until it refills.
+    /// Handles the whole frames at the start of `buf` until one ends the reading; returns
+    /// the bytes handled, and the end if there was one. Every frame but a close spends
+    /// budget; over budget, the frames from there on are left unhandled until it refills.
     fn consume(
         &mut self,
         buf: &mut [u8],
         outbox: &Outbox,
         stats: &Stats,
         on_message: &mut dyn FnMut(Incoming<'_>),
-    ) -> Result<usize, ReadEnd> {
+    ) -> (usize, Option<ReadEnd>) {
         let mut at = 0;
         loop {
             if outbox.is_closing() {
-                return Err(ReadEnd::Closing);
+                return (at, Some(ReadEnd::Closing));
             }
             let head = match ws::parse_head(&buf[at..], self.max_message) {
                 Ok(Some(head)) if buf.len() - at >= head.frame_len() => head,
-                Ok(_) => return Ok(at),
-                Err(error) => return Err(refuse(outbox, error)),
+                Ok(_) => return (at, None),
+                Err(error) => return (at, Some(self.refuse(outbox, error))),
             };
             if head.opcode != opcode::CLOSE {
                 match self.budget.spend() {
                     Verdict::Take => {}
                     Verdict::Wait => {
                         Stats::incr(&stats.rate_limited);
-                        return Ok(at);
+                        return (at, None);
                     }
                     Verdict::Close => {
                         Stats::incr(&stats.rate_limited);
                         outbox.close(RATE_LIMITED);
-                        return Err(ReadEnd::Closing);
+                        return (at, Some(ReadEnd::Closing));
                     }
                 }
             }
@@ -233,7 +250,7 @@ impl Socket {
             at += head.frame_len();
             ws::unmask(payload, head.mask);
             if let Some(end) = self.on_frame(head, payload, outbox, on_message) {
-                return Err(end);
+                return (at, Some(end));
             }
         }
     }
@@ -257,11 +274,11 @@ impl Socket {
         }
         let whole = match (head.opcode, self.fragments.as_mut(), head.fin) {
             (opcode::CONTINUATION, None, _) => {
-                return Some(refuse(outbox, FrameError::Protocol("stray continuation")));
+                return Some(self.refuse(outbox, FrameError::Protocol("stray continuation")));
             }
             (opcode::CONTINUATION, Some((_, collected)), fin) => {
                 if collected.len() + payload.len() > self.max_message {
-                    return Some(refuse(outbox, FrameError::TooBig));
+                    return Some(self.refuse(outbox, FrameError::TooBig));
                 }
                 collected.extend_from_slice(payload);
                 if !fin {
@@ -270,7 +287,7 @@ impl Socket {
                 self.fragments.take()
             }
             (_, Some(_), _) => {
-                return Some(refuse(outbox, FrameError::Protocol("unfinished message")));
+                return Some(self.refuse(outbox, FrameError::Protocol("unfinished message")));
             }
             (op, None, false) => {
                 self.fragments = Some((op, payload.to_vec()));
@@ -283,11 +300,8 @@ impl Socket {
             None => (head.opcode, payload),
         };
         if op == opcode::BINARY {
-            outbox.close(CloseReason {
-                code: close_code::UNSUPPORTED_DATA,
-                reason: "binary-not-supported",
-            });
-            return Some(ReadEnd::Closing);
+            on_message(Incoming::Binary(data));
+            return None;
         }
         match std::str::from_utf8(data) {
             Ok(text) => {
@@ -295,6 +309,8 @@ impl Socket {
                 None
             }
             Err(_) => {
+                // Section 8.1: text that is not UTF-8 fails the connection.
+                self.failed = true;
                 outbox.close(CloseReason {
                     code: close_code::INVALID_DATA,
                     reason: "invalid-utf8",
@@ -304,9 +320,30 @@ impl Socket {
         }
     }
 
+    /// Fails the connection for a frame the client may not send; the end to report.
+    fn refuse(&mut self, outbox: &Outbox, error: FrameError) -> ReadEnd {
+        let reason = match error {
+            FrameError::TooBig => CloseReason {
+                code: close_code::TOO_BIG,
+                reason: "message-too-big",
+            },
+            FrameError::Protocol(what) => {
+                tracing::debug!(what, "websocket protocol error");
+                CloseReason {
+                    code: close_code::PROTOCOL_ERROR,
+                    reason: "protocol-error",
+                }
+            }
+        };
+        self.failed = true;
+        outbox.close(reason);
+        ReadEnd::Closing
+    }
+
     /// Writes everything queued, `close` last when given, then waits for the client's close
     /// frame (or the end of the stream), all within `grace`. Reading until the client's close
-    /// keeps the TCP connection from being reset while our last frames are in flight.
+    /// keeps the TCP connection from being reset while our last frames are in flight. A
+    /// failed connection does not wait for that close: it ends the stream at once.
     pub async fn finish(
         &mut self,
         outbox: Option<&Outbox>,
@@ -330,7 +367,9 @@ impl Socket {
             {
                 return;
             }
-            if close.is_some() {
+            if self.failed {
+                self.end_stream().await;
+            } else if close.is_some() {
                 self.discard_until_close().await;
             }
         };
@@ -375,23 +414,27 @@ impl Socket {
             }
         }
     }
-}
 
-/// Closes for a frame the client may not send; the end to report.
-fn refuse(outbox: &Outbox, error: FrameError) -> ReadEnd {
-    let reason = match error {
-        FrameError::TooBig => CloseReason {
-            code: close_code::TOO_BIG,
-            reason: "message-too-big",
-        },
-        FrameError::Protocol(what) => {
-            tracing::debug!(what, "websocket protocol error");
-            CloseReason {
-                code: close_code::PROTOCOL_ERROR,
-                reason: "protocol-error",
+    /// Ends our side of the TCP stream, so the client sees the end right after our close
+    /// frame, then drops what it still sends until it ends its side: closing the socket
+    /// with input unread would reset the connection, and a reset can destroy our close
+    /// frame before the client reads it.
+    async fn end_stream(&mut self) {
+        if poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // On the heap, as in `discard_until_close`.
+        let mut buf = std::mem::take(&mut self.partial);
+        buf.resize(READ_CHUNK, 0);
+        loop {
+            let mut read = ReadBuf::new(&mut buf);
+            match poll_fn(|cx| Pin::new(&mut self.io).poll_read(cx, &mut read)).await {
+                Ok(()) if !read.filled().is_empty() => {}
+                _ => return,
             }
         }
-    };
-    outbox.close(reason);
-    ReadEnd::Closing
+    }
 }

@@ -66,10 +66,14 @@ pub(super) async fn metrics_handler(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Ready when the backend is not failing (its circuit breaker is closed).
+/// Ready when the backend is not failing (its circuit breaker is closed) and, reading a
+/// shared stream, once the history is warm (a node that lost its broker stays ready: it
+/// keeps its history and resumes where it stopped).
 pub(super) async fn ready_handler(State(state): State<AppState>) -> Response {
     let backend_ok = state.shared.gate.is_closed();
-    let status = if backend_ok {
+    let warm = state.shared.stream.as_ref().is_none_or(|s| s.is_warm());
+    let ready = backend_ok && warm;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -80,10 +84,11 @@ pub(super) async fn ready_handler(State(state): State<AppState>) -> Response {
     (
         status,
         Json(json!({
-            "ready": backend_ok,
+            "ready": ready,
             "backend": backend_ok,
             "amqp": status_json["amqp_connected"],
             "redis": status_json["redis_connected"],
+            "stream": status_json.get("stream"),
         })),
     )
         .into_response()

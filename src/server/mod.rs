@@ -49,6 +49,7 @@ use crate::sequencer::Sequencer;
 use crate::sources;
 use crate::sources::amqp::{AmqpEngine, Publisher};
 use crate::sources::redis::RedisEngine;
+use crate::sources::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
 use crate::sweeper::{Registry, Timers};
 
@@ -120,10 +121,21 @@ impl Server {
             None => None,
         };
         let amqp_publisher = match &self.config.amqp {
-            Some(amqp) if amqp.publish_http_triggers => Some(Publisher::new(&amqp.exchange)),
+            // With a stream, HTTP triggers must go through the exchange to get a position,
+            // whatever a hand-built config says.
+            Some(amqp) if amqp.publish_http_triggers || amqp.stream.is_some() => {
+                Some(Publisher::new(&amqp.exchange))
+            }
             _ => None,
         };
+        let stream = self
+            .config
+            .amqp
+            .as_ref()
+            .and_then(|amqp| amqp.stream.as_ref())
+            .map(|stream| Arc::new(StreamStatus::new(&stream.name)));
         let shared = Arc::new(Node {
+            stream,
             hub: Hub::new(),
             sequencer: Sequencer::new(self.config.history),
             gate: BackendGate::new(
@@ -263,7 +275,10 @@ fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<(
             .unwrap_or_else(|| Publisher::new(&amqp.exchange));
         // Names this node in the broker's connection list.
         let name = format!("high-templar {} on {local_addr}", env!("CARGO_PKG_VERSION"));
-        let engine = AmqpEngine::new(amqp.clone(), name, publisher);
+        let mut engine = AmqpEngine::new(amqp.clone(), name, publisher);
+        if let Some(stream) = &shared.stream {
+            engine = engine.with_stream(shared.clone(), stream.clone());
+        }
         sources.push(tokio::spawn(sources::run(engine, shared.clone())));
     }
     if let Some(redis) = &shared.config.redis {
@@ -302,8 +317,13 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Publishes a trigger from Rust code, as if it came over `/trigger/`.
+    /// Publishes a trigger from Rust code, as if it came over `/trigger/`. A node reading a
+    /// shared stream (`amqp_stream`) refuses it ([`TriggerError::StreamOnly`]): a trigger
+    /// taken in here would have no stream position; publish it into the exchange instead.
     pub fn publish(&self, trigger_json: &[u8]) -> Result<usize, TriggerError> {
+        if self.shared.stream.is_some() {
+            return Err(TriggerError::StreamOnly);
+        }
         let config = &self.shared.config;
         let triggers =
             Trigger::parse_batch(trigger_json, &config.policy.room_limits, config.max_batch)?;

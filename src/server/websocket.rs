@@ -122,6 +122,7 @@ fn handshake_key(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Ba
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|key| ws::is_valid_key(key.as_bytes()))
         .ok_or(BadHandshake::Key)?;
     HeaderValue::from_str(&ws::accept_key(key.as_bytes())).map_err(|_| BadHandshake::Key)
 }

@@ -6,6 +6,9 @@
 //! auto-delete, server-named queue bound with routing key `*`. Every node thus gets its own copy
 //! of every trigger; the queue disappears with the connection, so a node that is away misses
 //! the triggers of that time (a realtime feed has no use for stale ones).
+//!
+//! With `amqp_stream`, the per-node queue is replaced by one shared stream that every node
+//! reads ([`super::stream`]); the exchange, the connection and the publisher stay as here.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +23,10 @@ use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::value::RawValue;
 
+use super::stream::{self, StreamStatus};
 use super::{Engine, Link, SourceError};
 use crate::config::AmqpSettings;
+use crate::node::Node;
 use crate::stats::TriggerSource;
 
 /// The routing key of the original's publishers and of our queue binding.
@@ -29,13 +34,13 @@ pub const ROUTING_KEY: &str = "*";
 /// Unacknowledged deliveries the broker may push ahead of our acks. At 50k triggers/s and a
 /// 20 ms ack round trip, 1000 keeps the pipe full; at ~200 bytes a trigger it costs ~200 KiB
 /// of buffered messages per node.
-const PREFETCH: u16 = 1000;
+pub(super) const PREFETCH: u16 = 1000;
 /// Deliveries acknowledged with one `basic.ack multiple=true`: a quarter of the window, so
 /// the broker never waits for an ack to send more.
 const ACK_BATCH: u32 = PREFETCH as u32 / 4;
 /// Longest a delivery waits for its ack when traffic is too slow to fill a batch, so a quiet
 /// stream does not sit on unacked messages (and the management UI shows them as consumed).
-const ACK_INTERVAL: Duration = Duration::from_millis(50);
+pub(super) const ACK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Consumes triggers from the exchange.
 pub(crate) struct AmqpEngine {
@@ -43,6 +48,8 @@ pub(crate) struct AmqpEngine {
     /// Shown in the broker's connection list: which node this is.
     connection_name: String,
     publisher: Publisher,
+    /// With `amqp_stream`: the node, and the stream's cursor and state.
+    stream: Option<(Arc<Node>, Arc<StreamStatus>)>,
 }
 
 impl AmqpEngine {
@@ -53,7 +60,14 @@ impl AmqpEngine {
             settings,
             connection_name,
             publisher,
+            stream: None,
         }
+    }
+
+    /// Reads the shared stream (`settings.stream`) into `node` instead of a per-node queue.
+    pub fn with_stream(mut self, node: Arc<Node>, status: Arc<StreamStatus>) -> Self {
+        self.stream = Some((node, status));
+        self
     }
 
     async fn consume(&self, connection: &Connection, link: &Link<'_>) -> Result<(), SourceError> {
@@ -70,6 +84,18 @@ impl AmqpEngine {
                 FieldTable::default(),
             )
             .await?;
+        if let (Some(settings), Some((node, status))) = (&self.settings.stream, &self.stream) {
+            let publish = self.publishing_channel(connection).await?;
+            let session = stream::Session {
+                node,
+                status,
+                settings,
+                exchange,
+                publish: &publish,
+                link,
+            };
+            return session.run(connection, channel).await;
+        }
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -103,11 +129,7 @@ impl AmqpEngine {
             )
             .await?;
         if self.settings.publish_http_triggers {
-            let publishing = connection.create_channel().await?;
-            publishing
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            self.publisher.set(Some(publishing));
+            self.publishing_channel(connection).await?;
         }
         link.connected();
 
@@ -119,21 +141,30 @@ impl AmqpEngine {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         link.inbox.deliver(&delivery.data);
-                        acks.push(delivery.acker);
-                        if acks.count >= ACK_BATCH {
-                            acks.flush().await?;
-                        }
+                        acks.add(delivery.acker).await?;
                     }
                     Some(Err(error)) => return Err(error.into()),
                     None => return Err(SourceError::Lost("the broker cancelled the consumer")),
                 },
-                _ = ack_timer.tick(), if acks.count > 0 => acks.flush().await?,
+                _ = ack_timer.tick(), if acks.pending() => acks.flush().await?,
                 _ = link.stop.cancelled() => {
                     acks.flush().await?;
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+impl AmqpEngine {
+    /// A confirm-mode channel, handed to the publisher (HTTP triggers) for this session.
+    async fn publishing_channel(&self, connection: &Connection) -> Result<Channel, SourceError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.publisher.set(Some(channel.clone()));
+        Ok(channel)
     }
 }
 
@@ -144,7 +175,13 @@ impl Engine for AmqpEngine {
     }
 
     fn describe(&self) -> String {
-        format!("amqp exchange {:?}", self.settings.exchange)
+        match &self.settings.stream {
+            Some(stream) => format!(
+                "amqp stream {:?} on exchange {:?}",
+                stream.name, self.settings.exchange
+            ),
+            None => format!("amqp exchange {:?}", self.settings.exchange),
+        }
     }
 
     async fn session(&self, link: &Link<'_>) -> Result<(), SourceError> {
@@ -163,21 +200,32 @@ impl Engine for AmqpEngine {
     }
 }
 
-/// The last unacknowledged delivery, and how many are pending up to it.
+/// The last unacknowledged delivery, and how many are pending up to it. (A stream keeps its
+/// messages whatever the acks; there they only give the broker credit to send more.)
 #[derive(Default)]
-struct AckBatch {
+pub(super) struct AckBatch {
     last: Option<Acker>,
     count: u32,
 }
 
 impl AckBatch {
-    fn push(&mut self, acker: Acker) {
+    /// Adds a delivery, acknowledging the batch once it holds [`ACK_BATCH`].
+    pub async fn add(&mut self, acker: Acker) -> Result<(), lapin::Error> {
         self.last = Some(acker);
         self.count += 1;
+        if self.count >= ACK_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether deliveries wait for their ack.
+    pub fn pending(&self) -> bool {
+        self.count > 0
     }
 
     /// Acknowledges every pending delivery at once (`multiple=true`).
-    async fn flush(&mut self) -> Result<(), lapin::Error> {
+    pub async fn flush(&mut self) -> Result<(), lapin::Error> {
         self.count = 0;
         if let Some(acker) = self.last.take() {
             acker.ack(BasicAckOptions { multiple: true }).await?;

@@ -12,6 +12,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod redis;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -202,6 +203,21 @@ impl Inbox {
             Err(error) => {
                 Stats::incr(&self.shared.stats.triggers_invalid);
                 self.log_invalid(&error);
+            }
+        }
+    }
+
+    /// Parses a message body that must hold one trigger, as a stream message has one
+    /// position: a trigger object, or a list of exactly one. A longer list is refused like
+    /// any bad message (counted, logged), since its triggers would share one position.
+    pub fn parse_one(&self, body: &[u8]) -> Option<Trigger> {
+        let config = &self.shared.config;
+        match Trigger::parse_batch(body, &config.policy.room_limits, 1) {
+            Ok(mut triggers) => triggers.pop(),
+            Err(error) => {
+                Stats::incr(&self.shared.stats.triggers_invalid);
+                self.log_invalid(&error);
+                None
             }
         }
     }

@@ -1,13 +1,15 @@
 //! The machine's real RabbitMQ and Redis, for the trigger source tests.
 //!
-//! When a broker is unreachable: with `CI=true` the test fails (CI must run them); otherwise it
-//! prints a notice and returns, so a laptop without brokers can still run the rest.
+//! When a broker is unreachable the test fails, in CI and outside it (never a silent pass).
 
 use std::time::Duration;
 
-use high_templar::config::{AmqpSettings, RedisSettings};
+use high_templar::config::{
+    AmqpSettings, RedisSettings, StreamSettings, DEFAULT_AMQP_STREAM_MAX_AGE,
+    DEFAULT_AMQP_STREAM_MAX_BYTES,
+};
 use high_templar::{Config, Handle};
-use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
@@ -29,11 +31,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
-fn missing(service: &str, error: &dyn std::fmt::Display) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{service} is not reachable in CI (scripts/ci-brokers.sh starts it): {error}");
-    }
-    eprintln!("NOTICE: {service} not reachable ({error}); test skipped outside CI");
+/// A broker test without its broker fails, in CI and outside it: a test that returned early
+/// would report a pass for what it never checked.
+fn missing(service: &str, error: &dyn std::fmt::Display) -> ! {
+    panic!(
+        "{service} is not reachable ({error}): scripts/ci-brokers.sh installs and starts it, \
+         or run `cargo test -- --skip amqp --skip redis` knowingly"
+    );
 }
 
 /// A plain AMQP publisher, as a high-templar 3.1 backend is (pika's `basic_publish`).
@@ -43,26 +47,20 @@ pub struct AmqpPublisher {
 }
 
 impl AmqpPublisher {
-    /// Connects, or returns `None` (outside CI) when RabbitMQ is not there.
-    pub async fn connect() -> Option<AmqpPublisher> {
+    /// Connects; fails the test when RabbitMQ is not there.
+    pub async fn connect() -> AmqpPublisher {
         let url = amqp_url();
         let connect = Connection::connect(&url, ConnectionProperties::default());
         let connection = match tokio::time::timeout(WAIT, connect).await {
             Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                missing("RabbitMQ", &error);
-                return None;
-            }
-            Err(_) => {
-                missing("RabbitMQ", &"connect timed out");
-                return None;
-            }
+            Ok(Err(error)) => missing("RabbitMQ", &error),
+            Err(_) => missing("RabbitMQ", &"connect timed out"),
         };
         let channel = connection.create_channel().await.expect("channel");
-        Some(AmqpPublisher {
+        AmqpPublisher {
             connection,
             channel,
-        })
+        }
     }
 
     /// Removes a test's exchange (they are not durable, but would stay until a broker restart).
@@ -71,6 +69,14 @@ impl AmqpPublisher {
             .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await
             .expect("exchange_delete");
+    }
+
+    /// Deletes a queue or stream (a test's streams are durable: they would stay for good).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .expect("queue_delete");
     }
 
     /// `basic_publish(exchange, routing_key='*', body)`.
@@ -90,20 +96,13 @@ impl AmqpPublisher {
     }
 }
 
-/// A Redis connection for PUBLISH and admin commands, or `None` (outside CI) when Redis is not
-/// there.
-pub async fn redis_connection() -> Option<redis::aio::MultiplexedConnection> {
+/// A Redis connection for PUBLISH and admin commands; fails the test when Redis is not there.
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(redis_url()).expect("redis url");
     match tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await {
-        Ok(Ok(connection)) => Some(connection),
-        Ok(Err(error)) => {
-            missing("Redis", &error);
-            None
-        }
-        Err(_) => {
-            missing("Redis", &"connect timed out");
-            None
-        }
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => missing("Redis", &error),
+        Err(_) => missing("Redis", &"connect timed out"),
     }
 }
 
@@ -113,8 +112,55 @@ pub fn with_amqp(mut config: Config, exchange: &str) -> Config {
         url: amqp_url(),
         exchange: exchange.to_string(),
         publish_http_triggers: false,
+        stream: None,
     });
     config
+}
+
+/// `config` reading the shared stream `stream`, bound to `exchange`, with the default
+/// retention (HTTP triggers are published through the exchange, as stream mode requires).
+pub fn with_stream(config: Config, exchange: &str, stream: &str) -> Config {
+    let mut config = with_amqp(config, exchange);
+    if let Some(amqp) = config.amqp.as_mut() {
+        amqp.publish_http_triggers = true;
+        amqp.stream = Some(StreamSettings {
+            name: stream.to_string(),
+            max_age: DEFAULT_AMQP_STREAM_MAX_AGE,
+            max_bytes: DEFAULT_AMQP_STREAM_MAX_BYTES,
+        });
+    }
+    config
+}
+
+/// Waits until `server` has warmed its history from its stream (and so is ready); returns
+/// the status's `stream` entry.
+pub async fn wait_warm(server: &Handle) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = server.status();
+        if status["stream"]["warm_up"]["state"] == "warm" {
+            return status["stream"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream did not warm: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The broker's id of the connection named after the node listening on `addr`.
+pub fn connection_pid(addr: std::net::SocketAddr) -> String {
+    let needle = format!("on {addr}\"");
+    let listing = admin(
+        "rabbitmqctl",
+        &["-q", "list_connections", "pid", "client_properties"],
+    );
+    let line = listing
+        .lines()
+        .find(|line| line.contains(&needle))
+        .unwrap_or_else(|| panic!("no connection named {needle} in {listing}"));
+    line.split('\t').next().expect("pid column").to_string()
 }
 
 /// `config` subscribed to `channel` at `url`.

@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod process;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

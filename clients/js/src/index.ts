@@ -10,6 +10,10 @@
  *   error is final (logged out): no reconnect. With `error: "backend-unavailable"` (close
  *   1013) the backend is down: back off and retry.
  * - Subscriptions live on one connection; after a reconnect every one is sent again.
+ * - Subscriptions with `recover` (PROTOCOL.md section 7) keep the epoch and the last position
+ *   received, and come back with `since` after a reconnect or a gap notice, so the server
+ *   replays what they missed. Every (re)send uses a fresh requestId: a frame for an older id is
+ *   from a subscription already replaced, and is dropped.
  */
 
 /** A room: a flat JSON object, e.g. `{target: 'message', customer: '1'}`. */
@@ -83,11 +87,52 @@ export interface Events {
   authorized: (allowedRooms: Room[]) => void;
   unauthorized: () => void;
   error: (error: Error) => void;
+  /**
+   * A subscription with `recover` came back (after a reconnect or a gap): `true` when the
+   * server replays what it missed (those publishes follow, marked `replayed`), `false` when it
+   * cannot (restarted, history too short): refetch this room's state from the API.
+   */
+  recovered: (subscription: Subscription, recovered: boolean) => void;
+  /**
+   * The server dropped publishes of this subscription (the connection fell behind); `offset`
+   * is the newest one lost. The client resumes at once; `recovered` follows.
+   */
+  gap: (subscription: Subscription, offset: number) => void;
+}
+
+export interface SubscribeOptions {
+  /**
+   * Keep this subscription's position and resume from it after every reconnect and gap
+   * notice: nothing published meanwhile is lost while the server's history holds it
+   * (PROTOCOL.md section 7). Default false: the 3.1 protocol, byte for byte.
+   */
+  recover?: boolean;
+}
+
+/** What onData learns besides the trigger's data. */
+export interface PublishInfo {
+  /** The trigger's position; only on subscriptions with `recover`. */
+  offset?: number;
+  /** Replayed from the server's history after a resume, not live. */
+  replayed: boolean;
+}
+
+export type OnData = (data: unknown, info: PublishInfo) => void;
+
+/** Where a subscription with `recover` is in the server's sequence. */
+export interface Position {
+  epoch: string;
+  /** The last position received (or, before any publish, the newest when it subscribed). */
+  offset: number;
 }
 
 /** One room subscription; survives reconnects until `unsubscribe()`. */
 export interface Subscription {
   readonly room: Room;
+  /** Whether it was made with `recover`. */
+  readonly recover: boolean;
+  /** With `recover`: where it resumes from; null until the server first answered. */
+  readonly position: Position | null;
   /** Resolves when the server first accepted it; rejects if the room is not allowed. */
   readonly ready: Promise<void>;
   unsubscribe(): void;
@@ -99,7 +144,11 @@ export interface HighTemplar {
   /** Rooms the backend allows, from the last authorisation. */
   readonly allowedRooms: Room[];
   on<E extends keyof Events>(event: E, listener: Events[E]): () => void;
-  subscribe(room: Room, onData: (data: unknown) => void): Subscription;
+  /**
+   * Subscribes to `room`; `onData` gets every publish, at most once and in order. The
+   * returned object is the one the `recovered` and `gap` events name.
+   */
+  subscribe(room: Room, onData: OnData, options?: SubscribeOptions): Subscription;
   /** The server's status object (PROTOCOL.md section 5). */
   status(): Promise<Record<string, unknown>>;
   /** Closes for good: no reconnect. */
@@ -130,16 +179,25 @@ export function backoffDelay(attempt: number, initial: number, max: number): num
 
 interface Sub {
   room: Room;
-  onData: (data: unknown) => void;
+  onData: OnData;
+  recover: boolean;
+  /** What the app holds: the object events name. */
+  handle: Subscription;
   /** The requestId on the current connection; null when not (yet) sent on it. */
   requestId: string | null;
   confirmed: boolean;
+  /** With `recover`: the epoch of the last answer, null before any. */
+  epoch: string | null;
+  /** With `recover`: the last position received; a publish at or below it is a duplicate. */
+  offset: number | null;
+  /** Publishes up to this position are replays (the top of the last `recovered: true`). */
+  replayedThrough: number | null;
   resolve: () => void;
   reject: (error: Error) => void;
 }
 
 type Pending =
-  | { kind: 'subscribe'; sub: Sub }
+  | { kind: 'subscribe'; sub: Sub; requestId: string; resume: boolean }
   | { kind: 'unsubscribe' }
   | { kind: 'status'; resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void };
 
@@ -153,6 +211,8 @@ class Client implements HighTemplar {
     authorized: new Set(),
     unauthorized: new Set(),
     error: new Set(),
+    recovered: new Set(),
+    gap: new Set(),
   };
   private readonly subs = new Set<Sub>();
   /** requestId → subscription, for the current connection. */
@@ -182,7 +242,7 @@ class Client implements HighTemplar {
     return () => this.listeners[event].delete(listener);
   }
 
-  subscribe(room: Room, onData: (data: unknown) => void): Subscription {
+  subscribe(room: Room, onData: OnData, options: SubscribeOptions = {}): Subscription {
     let resolve!: () => void;
     let reject!: (error: Error) => void;
     const ready = new Promise<void>((res, rej) => {
@@ -191,10 +251,33 @@ class Client implements HighTemplar {
     });
     // A caller that never awaits `ready` must not get an unhandled rejection.
     ready.catch(() => {});
-    const sub: Sub = { room, onData, requestId: null, confirmed: false, resolve, reject };
+    const recover = options.recover === true;
+    const sub: Sub = {
+      room,
+      onData,
+      recover,
+      handle: {
+        room,
+        recover,
+        get position() {
+          return sub.epoch !== null && sub.offset !== null
+            ? { epoch: sub.epoch, offset: sub.offset }
+            : null;
+        },
+        ready,
+        unsubscribe: () => this.unsubscribe(sub),
+      },
+      requestId: null,
+      confirmed: false,
+      epoch: null,
+      offset: null,
+      replayedThrough: null,
+      resolve,
+      reject,
+    };
     this.subs.add(sub);
     if (this._state === 'authorized') this.sendSubscribe(sub);
-    return { room, ready, unsubscribe: () => this.unsubscribe(sub) };
+    return sub.handle;
   }
 
   status(): Promise<Record<string, unknown>> {
@@ -304,10 +387,14 @@ class Client implements HighTemplar {
       this.emit('error', new Error(`non-JSON frame from server: ${text.slice(0, 100)}`));
       return;
     }
-    if (frame && frame.type === 'publish') {
+    if (frame && typeof frame.type === 'string') {
+      // Frames with a type are never answers; an unknown id is a subscription unsubscribed or
+      // replaced locally that the server has not dropped yet.
       const sub = this.byRequestId.get(frame.requestId);
-      // Unknown: unsubscribed locally, the server has not seen it yet. Drop.
-      if (sub) sub.onData(frame.data);
+      if (!sub) return;
+      if (frame.type === 'publish') this.onPublish(sub, frame);
+      else if (frame.type === 'gap') this.onGap(sub, frame);
+      else if (frame.type === 'unsubscribed') this.onRevoked(sub);
       return;
     }
     const request = this.pending.shift();
@@ -322,6 +409,10 @@ class Client implements HighTemplar {
         if (!failed) {
           if (!sub.confirmed) sub.resolve();
           sub.confirmed = true;
+          // An answer for an older requestId (unsubscribed since) moves nothing.
+          if (sub.recover && request.requestId === sub.requestId) {
+            this.onSubscribed(sub, frame, request.resume);
+          }
           return;
         }
         // Not allowed: retrying after a reconnect would fail the same way.
@@ -341,12 +432,83 @@ class Client implements HighTemplar {
     }
   }
 
+  /**
+   * Sends `sub` under a fresh requestId: plain, or with `recover` either `since` its position
+   * (a resume) or `recover: true` (first time, or no position to resume from).
+   */
   private sendSubscribe(sub: Sub): void {
     if (!this.socket || this.socket.readyState !== OPEN) return;
-    sub.requestId = requestId();
-    this.byRequestId.set(sub.requestId, sub);
-    this.pending.push({ kind: 'subscribe', sub });
-    this.socket.send(JSON.stringify({ type: 'subscribe', room: sub.room, requestId: sub.requestId }));
+    const id = requestId();
+    sub.requestId = id;
+    this.byRequestId.set(id, sub);
+    const message: Record<string, unknown> = { type: 'subscribe', room: sub.room, requestId: id };
+    // Resubscribing a subscription the app already had is a resume, whether or not a position
+    // is known: the app hears `recovered` either way.
+    let resume = false;
+    if (sub.recover) {
+      resume = sub.confirmed;
+      if (sub.epoch !== null && sub.offset !== null) {
+        message.since = { epoch: sub.epoch, offset: sub.offset };
+      } else {
+        message.recover = true;
+      }
+    }
+    this.pending.push({ kind: 'subscribe', sub, requestId: id, resume });
+    this.socket.send(JSON.stringify(message));
+  }
+
+  /** The server accepted a subscription with `recover`: note where it starts. */
+  private onSubscribed(sub: Sub, answer: any, resume: boolean): void {
+    const epoch = typeof answer.epoch === 'string' ? answer.epoch : null;
+    const top = typeof answer.offset === 'number' ? answer.offset : null;
+    const recovered = resume && answer.recovered === true && epoch !== null && top !== null;
+    if (recovered) {
+      // What it missed follows: positions up to the top are replays.
+      sub.replayedThrough = top;
+    } else {
+      // A fresh start (or a server without positions): nothing before the top will come.
+      sub.offset = top;
+      sub.replayedThrough = null;
+    }
+    sub.epoch = epoch;
+    if (resume) this.emit('recovered', sub.handle, recovered);
+  }
+
+  private onPublish(sub: Sub, frame: any): void {
+    const offset = typeof frame.offset === 'number' ? frame.offset : undefined;
+    if (sub.recover && offset !== undefined) {
+      // Overlapping resumes may send a position twice: at most once, in order.
+      if (sub.offset !== null && offset <= sub.offset) return;
+      sub.offset = offset;
+    }
+    const replayed =
+      offset !== undefined && sub.replayedThrough !== null && offset <= sub.replayedThrough;
+    sub.onData(frame.data, { offset, replayed });
+  }
+
+  /** Publishes were dropped: resume on this connection from the last one received. */
+  private onGap(sub: Sub, frame: any): void {
+    if (!sub.recover || !this.socket || this.socket.readyState !== OPEN) return;
+    // The old subscription goes (its frames still in flight are dropped: the resume replays
+    // them), then the new one comes back `since` the last position received.
+    const old = sub.requestId;
+    if (old) {
+      this.byRequestId.delete(old);
+      this.pending.push({ kind: 'unsubscribe' });
+      this.socket.send(JSON.stringify({ type: 'unsubscribe', requestId: old }));
+    }
+    this.sendSubscribe(sub);
+    // After the resume is sent: a listener may unsubscribe or close.
+    this.emit('gap', sub.handle, typeof frame.offset === 'number' ? frame.offset : NaN);
+  }
+
+  /** The server dropped a room no longer allowed (re-authorisation): retrying would fail. */
+  private onRevoked(sub: Sub): void {
+    if (sub.requestId) this.byRequestId.delete(sub.requestId);
+    sub.requestId = null;
+    if (this.subs.delete(sub)) {
+      this.emit('error', new Error(`subscribe ${JSON.stringify(sub.room)}: revoked by the server`));
+    }
   }
 
   private unsubscribe(sub: Sub): void {

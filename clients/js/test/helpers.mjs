@@ -5,6 +5,8 @@ import { createServer } from 'node:http';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
+import { WebSocket as NodeWebSocket } from 'ws';
+
 /** How long a test waits for something that should happen. */
 export const WAIT_MS = 10_000;
 
@@ -80,11 +82,82 @@ export async function startBackend(reply) {
   };
 }
 
+/** The node's status over HTTP (demo mode), readable while a client's socket is stalled. */
+export async function demoStatus(server) {
+  const response = await fetch(`${server.http}/demo/status`);
+  return response.json();
+}
+
+/**
+ * A WebSocket implementation for `connect(url, { WebSocket })` that lets a test reach the real
+ * sockets (`last()`: a `ws` WebSocket, to `terminate()` or pause) and hold new connections
+ * back (`hold()` ... `release()`), so what happens while the client is away is deterministic.
+ */
+export function controlledWebSocket() {
+  const sockets = [];
+  let gate = null;
+  let release = () => {};
+  class ControlledWebSocket {
+    constructor(url) {
+      this.inner = null;
+      this.abandoned = false;
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      const start = () => {
+        if (this.abandoned) return;
+        const ws = new NodeWebSocket(url);
+        this.inner = ws;
+        sockets.push(ws);
+        ws.onopen = (event) => this.onopen?.(event);
+        ws.onmessage = (event) => this.onmessage?.(event);
+        ws.onclose = (event) => this.onclose?.(event);
+        ws.onerror = (event) => this.onerror?.(event);
+      };
+      if (gate) gate.then(start);
+      else start();
+    }
+    get readyState() {
+      if (this.inner) return this.inner.readyState;
+      return this.abandoned ? NodeWebSocket.CLOSED : NodeWebSocket.CONNECTING;
+    }
+    send(data) {
+      this.inner.send(data);
+    }
+    close(code, reason) {
+      if (this.inner) this.inner.close(code, reason);
+      else this.abandoned = true;
+    }
+  }
+  return {
+    WebSocket: ControlledWebSocket,
+    sockets,
+    last: () => sockets[sockets.length - 1],
+    /** Connections opened from now on wait for `release()`. */
+    hold() {
+      gate ??= new Promise((resolve) => (release = resolve));
+    },
+    release() {
+      gate = null;
+      release();
+    },
+  };
+}
+
 /** POSTs a trigger; in demo mode no token is needed. */
 export async function trigger(server, rooms, data) {
   const response = await fetch(`${server.http}/trigger/`, {
     method: 'POST',
     body: JSON.stringify({ rooms, data }),
+  });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(`trigger refused: ${JSON.stringify(answer)}`);
+  return answer;
+}
+
+/** POSTs a batch of triggers (a JSON list) in one request. */
+export async function triggerBatch(server, triggers) {
+  const response = await fetch(`${server.http}/trigger/`, {
+    method: 'POST',
+    body: JSON.stringify(triggers),
   });
   const answer = await response.json();
   if (!response.ok) throw new Error(`trigger refused: ${JSON.stringify(answer)}`);

@@ -10,6 +10,10 @@
  *   error is final (logged out): no reconnect. With `error: "backend-unavailable"` (close
  *   1013) the backend is down: back off and retry.
  * - Subscriptions live on one connection; after a reconnect every one is sent again.
+ * - Subscriptions with `recover` (PROTOCOL.md section 7) keep the epoch and the last position
+ *   received, and come back with `since` after a reconnect or a gap notice, so the server
+ *   replays what they missed. Every (re)send uses a fresh requestId: a frame for an older id is
+ *   from a subscription already replaced, and is dropped.
  */
 /** Defaults: a ping every 25 s costs ~nothing and keeps proxies with 60 s timeouts open. */
 export const DEFAULTS = {
@@ -53,6 +57,8 @@ class Client {
             authorized: new Set(),
             unauthorized: new Set(),
             error: new Set(),
+            recovered: new Set(),
+            gap: new Set(),
         };
         this.subs = new Set();
         /** requestId → subscription, for the current connection. */
@@ -75,7 +81,7 @@ class Client {
         this.listeners[event].add(listener);
         return () => this.listeners[event].delete(listener);
     }
-    subscribe(room, onData) {
+    subscribe(room, onData, options = {}) {
         let resolve;
         let reject;
         const ready = new Promise((res, rej) => {
@@ -84,11 +90,34 @@ class Client {
         });
         // A caller that never awaits `ready` must not get an unhandled rejection.
         ready.catch(() => { });
-        const sub = { room, onData, requestId: null, confirmed: false, resolve, reject };
+        const recover = options.recover === true;
+        const sub = {
+            room,
+            onData,
+            recover,
+            handle: {
+                room,
+                recover,
+                get position() {
+                    return sub.epoch !== null && sub.offset !== null
+                        ? { epoch: sub.epoch, offset: sub.offset }
+                        : null;
+                },
+                ready,
+                unsubscribe: () => this.unsubscribe(sub),
+            },
+            requestId: null,
+            confirmed: false,
+            epoch: null,
+            offset: null,
+            replayedThrough: null,
+            resolve,
+            reject,
+        };
         this.subs.add(sub);
         if (this._state === 'authorized')
             this.sendSubscribe(sub);
-        return { room, ready, unsubscribe: () => this.unsubscribe(sub) };
+        return sub.handle;
     }
     status() {
         return new Promise((resolve, reject) => {
@@ -203,11 +232,18 @@ class Client {
             this.emit('error', new Error(`non-JSON frame from server: ${text.slice(0, 100)}`));
             return;
         }
-        if (frame && frame.type === 'publish') {
+        if (frame && typeof frame.type === 'string') {
+            // Frames with a type are never answers; an unknown id is a subscription unsubscribed or
+            // replaced locally that the server has not dropped yet.
             const sub = this.byRequestId.get(frame.requestId);
-            // Unknown: unsubscribed locally, the server has not seen it yet. Drop.
-            if (sub)
-                sub.onData(frame.data);
+            if (!sub)
+                return;
+            if (frame.type === 'publish')
+                this.onPublish(sub, frame);
+            else if (frame.type === 'gap')
+                this.onGap(sub, frame);
+            else if (frame.type === 'unsubscribed')
+                this.onRevoked(sub);
             return;
         }
         const request = this.pending.shift();
@@ -223,6 +259,10 @@ class Client {
                     if (!sub.confirmed)
                         sub.resolve();
                     sub.confirmed = true;
+                    // An answer for an older requestId (unsubscribed since) moves nothing.
+                    if (sub.recover && request.requestId === sub.requestId) {
+                        this.onSubscribed(sub, frame, request.resume);
+                    }
                     return;
                 }
                 // Not allowed: retrying after a reconnect would fail the same way.
@@ -244,13 +284,85 @@ class Client {
                     request.resolve(frame);
         }
     }
+    /**
+     * Sends `sub` under a fresh requestId: plain, or with `recover` either `since` its position
+     * (a resume) or `recover: true` (first time, or no position to resume from).
+     */
     sendSubscribe(sub) {
         if (!this.socket || this.socket.readyState !== OPEN)
             return;
-        sub.requestId = requestId();
-        this.byRequestId.set(sub.requestId, sub);
-        this.pending.push({ kind: 'subscribe', sub });
-        this.socket.send(JSON.stringify({ type: 'subscribe', room: sub.room, requestId: sub.requestId }));
+        const id = requestId();
+        sub.requestId = id;
+        this.byRequestId.set(id, sub);
+        const message = { type: 'subscribe', room: sub.room, requestId: id };
+        // Resubscribing a subscription the app already had is a resume, whether or not a position
+        // is known: the app hears `recovered` either way.
+        let resume = false;
+        if (sub.recover) {
+            resume = sub.confirmed;
+            if (sub.epoch !== null && sub.offset !== null) {
+                message.since = { epoch: sub.epoch, offset: sub.offset };
+            }
+            else {
+                message.recover = true;
+            }
+        }
+        this.pending.push({ kind: 'subscribe', sub, requestId: id, resume });
+        this.socket.send(JSON.stringify(message));
+    }
+    /** The server accepted a subscription with `recover`: note where it starts. */
+    onSubscribed(sub, answer, resume) {
+        const epoch = typeof answer.epoch === 'string' ? answer.epoch : null;
+        const top = typeof answer.offset === 'number' ? answer.offset : null;
+        const recovered = resume && answer.recovered === true && epoch !== null && top !== null;
+        if (recovered) {
+            // What it missed follows: positions up to the top are replays.
+            sub.replayedThrough = top;
+        }
+        else {
+            // A fresh start (or a server without positions): nothing before the top will come.
+            sub.offset = top;
+            sub.replayedThrough = null;
+        }
+        sub.epoch = epoch;
+        if (resume)
+            this.emit('recovered', sub.handle, recovered);
+    }
+    onPublish(sub, frame) {
+        const offset = typeof frame.offset === 'number' ? frame.offset : undefined;
+        if (sub.recover && offset !== undefined) {
+            // Overlapping resumes may send a position twice: at most once, in order.
+            if (sub.offset !== null && offset <= sub.offset)
+                return;
+            sub.offset = offset;
+        }
+        const replayed = offset !== undefined && sub.replayedThrough !== null && offset <= sub.replayedThrough;
+        sub.onData(frame.data, { offset, replayed });
+    }
+    /** Publishes were dropped: resume on this connection from the last one received. */
+    onGap(sub, frame) {
+        if (!sub.recover || !this.socket || this.socket.readyState !== OPEN)
+            return;
+        // The old subscription goes (its frames still in flight are dropped: the resume replays
+        // them), then the new one comes back `since` the last position received.
+        const old = sub.requestId;
+        if (old) {
+            this.byRequestId.delete(old);
+            this.pending.push({ kind: 'unsubscribe' });
+            this.socket.send(JSON.stringify({ type: 'unsubscribe', requestId: old }));
+        }
+        this.sendSubscribe(sub);
+        // After the resume is sent: a listener may unsubscribe or close.
+        this.emit('gap', sub.handle, typeof frame.offset === 'number' ? frame.offset : NaN);
+    }
+    /** The server dropped a room no longer allowed (re-authorisation): retrying would fail. */
+    onRevoked(sub) {
+        if (sub.requestId)
+            this.byRequestId.delete(sub.requestId);
+        sub.requestId = null;
+        if (this.subs.delete(sub)) {
+            this.emit('error', new Error(`subscribe ${JSON.stringify(sub.room)}: revoked by the server`));
+        }
     }
     unsubscribe(sub) {
         if (!this.subs.delete(sub))

@@ -7,10 +7,58 @@ import { connect } from '/demo/client.js';
 const MAX_LOG_LINES = 200;
 /** How often the node status is refreshed. */
 const STATUS_INTERVAL_MS = 1000;
+/** How long "drop the connection" keeps the page offline: time to publish something it misses. */
+const OFFLINE_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/`;
-const ht = connect(wsUrl);
+
+/** While offline (after "drop the connection"), new sockets wait until this time. */
+let offlineUntil = 0;
+/** The socket in use, for the drop button. */
+let current = null;
+
+/**
+ * The browser's WebSocket, as the client sees it, with what a network blip does: the drop
+ * button closes the socket under the client's feet, and connections opened while "offline"
+ * wait until it is over. The client notices and reconnects on its own.
+ */
+class DroppableWebSocket {
+  constructor(url) {
+    this.socket = null;
+    this.abandoned = false;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    const open = () => {
+      if (this.abandoned) return;
+      const socket = new WebSocket(url);
+      socket.onopen = (event) => this.onopen?.(event);
+      socket.onmessage = (event) => this.onmessage?.(event);
+      socket.onclose = (event) => this.onclose?.(event);
+      socket.onerror = (event) => this.onerror?.(event);
+      this.socket = socket;
+      current = socket;
+    };
+    const wait = offlineUntil - Date.now();
+    if (wait > 0) setTimeout(open, wait);
+    else open();
+  }
+
+  get readyState() {
+    if (this.socket) return this.socket.readyState;
+    return this.abandoned ? WebSocket.CLOSED : WebSocket.CONNECTING;
+  }
+
+  send(data) {
+    this.socket.send(data);
+  }
+
+  close(code, reason) {
+    if (this.socket) this.socket.close(code, reason);
+    else this.abandoned = true;
+  }
+}
+
+const ht = connect(wsUrl, { WebSocket: DroppableWebSocket });
 
 for (const el of document.querySelectorAll('.host')) el.textContent = location.host;
 
@@ -24,10 +72,31 @@ ht.on('authorized', (rooms) => {
   const list = $('allowed-rooms');
   list.replaceChildren(...rooms.map((room) => item(JSON.stringify(room))));
   logInfo('connected and authorized');
+  $('drop-button').disabled = false;
 });
 
 ht.on('unauthorized', () => logInfo('the backend refused this connection'));
 ht.on('error', (error) => logInfo(`error: ${error.message}`));
+ht.on('recovered', (sub, recovered) => {
+  const label = JSON.stringify(sub.room);
+  logInfo(
+    recovered
+      ? `resumed ${label}: what it missed is replayed`
+      : `could not recover ${label}: an app would refetch its state now`,
+  );
+});
+ht.on('gap', (sub, offset) => {
+  logInfo(`fell behind on ${JSON.stringify(sub.room)} (lost up to #${offset}): resuming`);
+});
+
+$('drop-button').addEventListener('click', () => {
+  if (!current) return;
+  offlineUntil = Date.now() + OFFLINE_MS;
+  $('drop-button').disabled = true;
+  logInfo(`connection dropped: offline for ${OFFLINE_MS / 1000} s, publish something meanwhile`);
+  // Code 4000: the application's own range; the server just sees the socket go.
+  current.close(4000, 'dropped by the demo page');
+});
 
 $('subscribe-form').addEventListener('submit', (event) => {
   event.preventDefault();
@@ -35,7 +104,9 @@ $('subscribe-form').addEventListener('submit', (event) => {
   const room = parseJson($('subscribe-room').value, result);
   if (room === undefined) return;
   const label = JSON.stringify(room);
-  const sub = ht.subscribe(room, (data) => logPublish(label, data));
+  const sub = ht.subscribe(room, (data, info) => logPublish(label, data, info), {
+    recover: true,
+  });
   const entry = item(label);
   const button = document.createElement('button');
   button.type = 'button';
@@ -119,18 +190,33 @@ function item(text) {
   return li;
 }
 
-function logPublish(roomLabel, data) {
+function logPublish(roomLabel, data, info) {
   const li = document.createElement('li');
   li.className = 'publish';
   const time = document.createElement('span');
   time.className = 'time';
   time.textContent = new Date().toLocaleTimeString();
+  li.append(time);
+  if (info.replayed) {
+    // Published while this page was away, replayed from the server's history.
+    li.classList.add('replayed');
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.textContent = 'recovered';
+    li.append(badge);
+  }
   const room = document.createElement('span');
   room.className = 'room';
   room.textContent = roomLabel;
   const body = document.createElement('code');
   body.textContent = JSON.stringify(data);
-  li.append(time, room, body);
+  li.append(room, body);
+  if (info.offset !== undefined) {
+    const offset = document.createElement('span');
+    offset.className = 'offset';
+    offset.textContent = `#${info.offset}`;
+    li.append(offset);
+  }
   addLogLine(li);
 }
 
