@@ -92,7 +92,11 @@ async fn upgrade(mut request: Request, stats: Arc<Stats>) -> Response {
                 ..policy::Policy::default()
             };
             let budget = budget::Budget::new(&unlimited);
-            echo(Socket::new(TokioIo::new(upgraded), MAX_MESSAGE, budget), stats).await;
+            echo(
+                Socket::new(TokioIo::new(upgraded), MAX_MESSAGE, budget),
+                stats,
+            )
+            .await;
         }
     });
     let accept = HeaderValue::from_str(&accept).expect("base64 is a header value");
