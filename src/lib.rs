@@ -53,6 +53,7 @@ pub mod stats;
 mod summary;
 mod sweeper;
 mod tls;
+mod wire;
 mod ws;
 
 pub use backend::{Backend, BackendError, Bootstrap, ConnectRequest, HttpBackend};

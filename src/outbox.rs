@@ -12,12 +12,13 @@
 //! The outbox is also how anyone reaches the connection's task: a close request, a websocket
 //! ping or a due re-authorisation sets a flag here and wakes it.
 
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Context;
 
 use bytes::Bytes;
+
+pub use crate::wire::{Wire, SHARE_ABOVE};
 
 use futures_util::task::AtomicWaker;
 
@@ -48,80 +49,6 @@ pub const SLOW_CLIENT: CloseReason = CloseReason {
 pub struct CloseReason {
     pub code: u16,
     pub reason: &'static str,
-}
-
-/// Payloads longer than this are not copied into each subscriber's queue: the queue holds a
-/// reference to the trigger's one copy. Below it a copy is cheaper than the bookkeeping (and
-/// keeps a burst of small frames one contiguous write); above it the copies are what a
-/// node's memory goes to (1 MiB triggers to 1,000 subscribers: 1 GiB copied vs 1 MiB shared).
-pub const SHARE_ABOVE: usize = 16 * 1024;
-
-/// Bytes on their way to the socket: one buffer, with large shared payloads spliced in.
-#[derive(Default)]
-pub struct Wire {
-    bytes: Vec<u8>,
-    /// `(at, payload)`, in order of `at`: `payload` goes on the wire right before `bytes[at..]`.
-    shared: Vec<(usize, Bytes)>,
-    shared_len: usize,
-}
-
-impl Wire {
-    /// Bytes on the wire.
-    pub fn len(&self) -> usize {
-        self.bytes.len() + self.shared_len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The buffer, to append frames to.
-    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.bytes
-    }
-
-    /// Appends `other` after what is here.
-    pub fn append(&mut self, other: Wire) {
-        let base = self.bytes.len();
-        self.shared
-            .extend(other.shared.into_iter().map(|(at, p)| (base + at, p)));
-        self.shared_len += other.shared_len;
-        self.bytes.extend_from_slice(&other.bytes);
-    }
-
-    /// The bytes from wire position `from` on, as up to `slices.len()` slices (at least one);
-    /// returns how many were filled.
-    pub fn slices<'a>(&'a self, from: usize, slices: &mut [IoSlice<'a>]) -> usize {
-        if self.shared.is_empty() {
-            slices[0] = IoSlice::new(&self.bytes[from.min(self.bytes.len())..]);
-            return 1;
-        }
-        let mut filled = 0;
-        let mut pos = 0; // wire position of the next piece
-        let mut push = |piece: &'a [u8]| {
-            let end = pos + piece.len();
-            if end > from && filled < slices.len() {
-                slices[filled] = IoSlice::new(&piece[from.saturating_sub(pos)..]);
-                filled += 1;
-            }
-            pos = end;
-        };
-        let mut at = 0; // index into `bytes` of the next piece
-        for (splice, payload) in &self.shared {
-            push(&self.bytes[at..*splice]);
-            push(payload);
-            at = *splice;
-        }
-        push(&self.bytes[at..]);
-        filled
-    }
-
-    /// Everything as one buffer (tests).
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut slices = vec![IoSlice::new(&[]); 2 * self.shared.len() + 1];
-        let n = self.slices(0, &mut slices);
-        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
-    }
 }
 
 #[derive(Default)]
@@ -164,34 +91,8 @@ impl Pending {
         if marks.is_empty() {
             return 0;
         }
-        let old = std::mem::take(&mut self.wire);
-        let mut bytes = Vec::with_capacity(old.bytes.len());
-        let mut at = 0;
-        for mark in &marks {
-            bytes.extend_from_slice(&old.bytes[at..mark.start]);
-            at = mark.end;
-        }
-        bytes.extend_from_slice(&old.bytes[at..]);
-        // Shared payloads of dropped frames go; the others move back by what was cut before.
-        let mut shared = Vec::new();
-        let mut shared_len = 0;
-        for (splice, payload) in old.shared {
-            let dropped = marks.iter().any(|m| m.start < splice && splice < m.end);
-            if !dropped {
-                let cut: usize = marks
-                    .iter()
-                    .filter(|m| m.end <= splice)
-                    .map(|m| m.end - m.start)
-                    .sum();
-                shared_len += payload.len();
-                shared.push((splice - cut, payload));
-            }
-        }
-        self.wire = Wire {
-            bytes,
-            shared,
-            shared_len,
-        };
+        let ranges: Vec<(usize, usize)> = marks.iter().map(|m| (m.start, m.end)).collect();
+        self.wire.remove(&ranges);
         self.frames -= marks.len();
         for mark in &marks {
             self.lost(&mark.request_id_json, mark.position);
@@ -372,8 +273,7 @@ impl Outbox {
         let wire = &mut pending.wire;
         if frame.prefix.len() > SHARE_ABOVE {
             ws::put_header(&mut wire.bytes, opcode::TEXT, len);
-            wire.shared.push((wire.bytes.len(), frame.prefix.clone()));
-            wire.shared_len += frame.prefix.len();
+            wire.push_shared(frame.prefix.clone());
             wire.bytes.extend_from_slice(rid);
             wire.bytes.extend_from_slice(tail);
         } else {
@@ -551,6 +451,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::IoSlice;
 
     fn frames(wire: &Wire) -> Vec<(u8, Vec<u8>)> {
         crate::ws::server_frames(&wire.to_vec())
