@@ -72,10 +72,11 @@ async fn stalled_subscribers_hold_at_most_the_byte_bound_and_are_closed_1013() {
         DATA_LEN as f64 / 1048576.0,
         BOUND as f64 / 1048576.0
     );
-    // The stalled queues, the reader's queue, the trigger being parsed (body and frame), and
-    // what the allocator keeps around: without the byte bound the stalled queues alone would
-    // hold 2 x 60 MiB.
-    let allowance = (STALLED + 1) * BOUND + 16 * 1024 * 1024;
+    // The stalled queues, the reader's queue, and 24 MiB for the rest: the trigger being
+    // received and parsed (the body collected, the frame built: ~4 MiB at once) and the pages
+    // the allocator keeps for the next one (measured 22-28 MiB in all over several runs).
+    // Without the byte bound the stalled queues alone would hold 2 x 60 MiB.
+    let allowance = (STALLED + 1) * BOUND + 24 * 1024 * 1024;
     assert!(
         growth <= allowance,
         "the node grew by {growth} bytes, more than {allowance}"
