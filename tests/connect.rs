@@ -29,6 +29,31 @@ async fn missing_allowed_rooms_means_none() {
     );
 }
 
+#[tokio::test]
+async fn a_large_allowed_list_is_echoed_whole_and_checked_room_by_room() {
+    let rooms: Vec<_> = (0..5000)
+        .map(|i| json!({"target": "message", "customer": i.to_string()}))
+        .collect();
+    let (_backend, server) = server_allowing(json!(rooms)).await;
+    for _ in 0..2 {
+        let mut client = Client::connect(server.local_addr).await;
+        assert_eq!(
+            client.recv_json().await,
+            json!({"is_authorized": true, "allowed_rooms": rooms})
+        );
+        client
+            .subscribe(json!({"target": "message", "customer": "4321"}), "r1")
+            .await;
+        client
+            .send_json(json!({"type": "subscribe", "room": {"target": "message", "customer": "5000"}, "requestId": "r2"}))
+            .await;
+        assert_eq!(
+            client.recv_json().await,
+            json!({"code": "error", "message": "room-not-found"})
+        );
+    }
+}
+
 /// The `allowed_room_lists` gauge once it reads `expected` (connections end asynchronously).
 async fn wait_for_allowed_lists(addr: std::net::SocketAddr, expected: u64) {
     let line = format!("high_templar_allowed_room_lists {expected}\n");

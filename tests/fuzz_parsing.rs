@@ -576,8 +576,8 @@ proptest! {
         );
         let values: Vec<Value> = serde_json::from_str(&text).expect("JSON");
         let lists = AllowedLists::default();
-        let from_text = lists.from_json(&text).expect("a list of objects");
-        let again = lists.from_json(&text).expect("a list of objects");
+        let from_text = block_on(lists.from_json(&text)).expect("a list of objects");
+        let again = block_on(lists.from_json(&text)).expect("a list of objects");
         prop_assert!(from_text.shares_with(&again));
         let from_values = AllowedRooms::from_backend(values.clone()).expect("a list of objects");
         prop_assert_eq!(from_text.first_frame(), first_frame(&values));
@@ -585,6 +585,13 @@ proptest! {
         let requested = room(&requested);
         prop_assert_eq!(from_text.allows(&requested), from_values.allows(&requested));
     }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
 }
 
 /// The first frame as the server has always written it.

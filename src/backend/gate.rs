@@ -77,9 +77,9 @@ impl BackendGate {
         // After the permit is given back: reading a new list is the node's work, not the
         // backend's.
         Ok(match answer {
-            Bootstrap::Authorized { allowed_rooms } => self.lists.from_values(allowed_rooms),
+            Bootstrap::Authorized { allowed_rooms } => self.lists.from_values(allowed_rooms).await,
             Bootstrap::AuthorizedJson { allowed_rooms } => {
-                self.lists.from_json(allowed_rooms.get())
+                self.lists.from_json(allowed_rooms.get()).await
             }
             Bootstrap::Refused => None,
         })

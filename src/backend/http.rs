@@ -24,6 +24,14 @@ use super::{Backend, BackendError, Bootstrap, ConnectRequest};
 /// keeps a misbehaving backend from costing the node memory per connecting client.
 const MAX_BACKEND_BODY: usize = 1024 * 1024;
 
+/// The read buffer of a connection to the backend. hyper's default grows with the answers read
+/// (up to ~400 KiB) and a pooled connection keeps what it grew to: with 5,000 allowed rooms
+/// (a 220 KB answer) that was up to ~256 KiB for each of up to `max_concurrent_bootstraps`
+/// pooled connections, and 2,000 websockets measured 26.5 KiB of RSS each instead of ~11
+/// (BENCHMARKS.md, "Large allowed lists"). A usual answer (a few KiB) still arrives in one
+/// read; a large one in reads of this size.
+const BACKEND_READ_BUFFER: usize = 16 * 1024;
+
 /// How long an idle pooled connection to the backend is kept: long enough to reuse between
 /// bursts of connecting clients, short enough not to outlive a backend's own keep-alive.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -120,6 +128,7 @@ impl HttpBackend {
     pub fn new(config: HttpBackendConfig) -> std::io::Result<HttpBackend> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        builder.http1_read_buf_exact_size(BACKEND_READ_BUFFER);
         let transport = match &config.api_socket {
             Some(path) => Transport::Unix(builder.build(hyperlocal::UnixConnector), path.clone()),
             None => {
@@ -348,11 +357,13 @@ mod tests {
     }
 
     /// The first frame a body gives, `None` for a refusal: what a connection sees.
-    fn read(body: &str) -> Option<String> {
+    async fn read(body: &str) -> Option<String> {
         let lists = AllowedLists::default();
         match parse_bootstrap(body.as_bytes()) {
-            Bootstrap::Authorized { allowed_rooms } => lists.from_values(allowed_rooms),
-            Bootstrap::AuthorizedJson { allowed_rooms } => lists.from_json(allowed_rooms.get()),
+            Bootstrap::Authorized { allowed_rooms } => lists.from_values(allowed_rooms).await,
+            Bootstrap::AuthorizedJson { allowed_rooms } => {
+                lists.from_json(allowed_rooms.get()).await
+            }
             Bootstrap::Refused => None,
         }
         .map(|allowed| allowed.first_frame().to_string())
@@ -362,35 +373,36 @@ mod tests {
         Some(json!({"is_authorized": true, "allowed_rooms": list}).to_string())
     }
 
-    #[test]
-    fn bootstrap_answers_are_read_like_the_original() {
+    #[tokio::test]
+    async fn bootstrap_answers_are_read_like_the_original() {
         assert_eq!(
-            read(r#"{"allowed_rooms":[{"a":1}]}"#),
+            read(r#"{"allowed_rooms":[{"a":1}]}"#).await,
             frame(json!([{"a": 1}]))
         );
-        assert_eq!(read(r#"{"user":1}"#), frame(json!([])));
-        assert_eq!(read(r#"{"allowed_rooms":["foo"]}"#), None);
-        assert_eq!(read(r#"{"allowed_rooms":[{"a":1},2]}"#), None);
-        assert_eq!(read(r#"{"allowed_rooms":{"a":1}}"#), None);
-        assert_eq!(read(r#"{"allowed_rooms":null}"#), None);
-        assert_eq!(read("<html>"), None);
-        assert_eq!(read("[]"), None);
-        assert_eq!(read(r#"[{"allowed_rooms":[]}]"#), None);
-        assert_eq!(read(r#"{"allowed_rooms":[]} x"#), None);
-        assert_eq!(read(r#"{"allowed_rooms":[],"user":[1,}"#), None);
+        assert_eq!(read(r#"{"user":1}"#).await, frame(json!([])));
+        assert_eq!(read(r#"{"allowed_rooms":["foo"]}"#).await, None);
+        assert_eq!(read(r#"{"allowed_rooms":[{"a":1},2]}"#).await, None);
+        assert_eq!(read(r#"{"allowed_rooms":{"a":1}}"#).await, None);
+        assert_eq!(read(r#"{"allowed_rooms":null}"#).await, None);
+        assert_eq!(read("<html>").await, None);
+        assert_eq!(read("[]").await, None);
+        assert_eq!(read(r#"[{"allowed_rooms":[]}]"#).await, None);
+        assert_eq!(read(r#"{"allowed_rooms":[]} x"#).await, None);
+        assert_eq!(read(r#"{"allowed_rooms":[],"user":[1,}"#).await, None);
     }
 
-    #[test]
-    fn the_list_is_echoed_as_parsed_values_print_and_other_members_are_skipped() {
+    #[tokio::test]
+    async fn the_list_is_echoed_as_parsed_values_print_and_other_members_are_skipped() {
         assert_eq!(
             read(
                 r#" { "user" : {"x":[1,{"y":null}]}, "allowed_rooms" : [ {"t":"m", "c" : 1.50} ] } "#
-            ),
+            )
+            .await,
             frame(json!([{"c": 1.5, "t": "m"}]))
         );
         // A repeated key: the last one counts, as in a parsed object.
         assert_eq!(
-            read(r#"{"allowed_rooms":["x"],"allowed_rooms":[{"a":"\u00e9"}]}"#),
+            read(r#"{"allowed_rooms":["x"],"allowed_rooms":[{"a":"\u00e9"}]}"#).await,
             frame(json!([{"a": "é"}]))
         );
         assert_eq!(
