@@ -160,13 +160,14 @@ fn the_loud_flag_starts_a_public_demo_with_a_warning() {
         .args(["--demo", "--demo-allow-public", "--listen", "0.0.0.0:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run binary");
-    let stdout = child.stdout.take().expect("stdout");
+    // Logs go to stderr.
+    let stderr = child.stderr.take().expect("stderr");
     let mut warned = false;
-    for line in BufReader::new(stdout).lines() {
+    for line in BufReader::new(stderr).lines() {
         let line = line.expect("log line");
         if line.contains("DEMO MODE ON A PUBLIC ADDRESS") {
             warned = true;
