@@ -15,6 +15,15 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt 14096 ]; then
     exit 1
 fi
 
+# tests/deploy.rs runs the README's nginx example: nginx must be there before cargo test.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "== nginx (apt-get)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx
+fi
+
 echo "== cargo test"
 cargo test --locked --workspace
 

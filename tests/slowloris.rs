@@ -95,7 +95,7 @@ async fn trickling_sockets_are_closed_at_the_request_head_deadline_while_a_clien
 }
 
 #[tokio::test]
-async fn past_the_bound_of_pending_sockets_the_oldest_make_room_for_a_client() {
+async fn past_the_bound_of_pending_sockets_the_oldest_tricklers_make_room_for_a_client() {
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": []}))).await;
     // The default deadline (10 s): here it is the bound that closes sockets.
     let server = start(config_for(&backend)).await;
@@ -104,14 +104,18 @@ async fn past_the_bound_of_pending_sockets_the_oldest_make_room_for_a_client() {
     let beyond = 200;
     raise_fd_limit(3 * (bound + beyond) as u64 + 1024);
 
-    // Silent sockets: connected, never a byte. Those past the bound wait in the kernel's
-    // backlog, as the real client below will.
+    // Sockets that begin a request head and never finish it. Those past the bound wait in
+    // the kernel's backlog, as the real client below will.
     let closed = Arc::new(AtomicUsize::new(0));
-    let mut silent = Vec::new();
+    let mut tricklers = Vec::new();
     for _ in 0..bound + beyond {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /ws/ HTTP/1.1\r\nHost: slow\r\n")
+            .await
+            .expect("the head's first line");
         let closed = closed.clone();
-        silent.push(tokio::spawn(async move {
+        tricklers.push(tokio::spawn(async move {
             let mut buf = [0u8; 16];
             if matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {
                 closed.fetch_add(1, Ordering::SeqCst);
@@ -123,21 +127,21 @@ async fn past_the_bound_of_pending_sockets_the_oldest_make_room_for_a_client() {
     let mut client = Client::authorized(addr).await;
     let took = started.elapsed();
     client.ping().await;
-    // In once the oldest silent sockets had their second, long before the 10 s deadline.
+    // In once the oldest tricklers had their second, long before the 10 s deadline.
     let limit = high_templar::server::EVICT_AFTER + Duration::from_secs(3);
     assert!(took < limit, "the client took {took:?}");
     let evicted = closed.load(Ordering::SeqCst);
     assert!(
         evicted >= beyond,
-        "{evicted} silent sockets closed; the {beyond} past the bound should have made room"
+        "{evicted} tricklers closed; the {beyond} past the bound should have made room"
     );
     let status = server.status();
     assert!(
         status["connections_refused"]["pending_full"].as_u64() >= Some(beyond as u64),
         "{status}"
     );
-    println!("a client in after {took:?}, {evicted} silent sockets closed to make room");
-    for task in silent {
+    println!("a client in after {took:?}, {evicted} tricklers closed to make room");
+    for task in tricklers {
         task.abort();
     }
 }

@@ -6,9 +6,11 @@
 //! `header_read_timeout` then bounds each later head on a kept-alive connection, and the wait
 //! for it.
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -16,14 +18,14 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use super::pending::Slot;
+use super::pending::{Place, Slot};
 use crate::stats::Stats;
 
 /// What every connection of one listener shares.
@@ -56,23 +58,27 @@ pub(super) async fn serve(
     settings: Arc<Settings>,
 ) {
     let deadline = Instant::now() + settings.head_timeout;
-    let head_seen = Arc::new(AtomicBool::new(false));
+    let place = slot.place();
+    let stream = FirstBytes {
+        inner: stream,
+        place: Some(place.clone()),
+    };
     let end = match &settings.tls {
-        None => serve_http(stream, peer, deadline, &head_seen, &slot, &settings).await,
+        None => serve_http(stream, peer, deadline, place, &settings).await,
         Some(acceptor) => {
             tokio::select! {
                 handshake = acceptor.accept(stream) => match handshake {
-                    Ok(tls) => serve_http(tls, peer, deadline, &head_seen, &slot, &settings).await,
+                    Ok(tls) => serve_http(tls, peer, deadline, place, &settings).await,
                     Err(error) => End::Failed(format!("TLS handshake: {error}")),
                 },
                 _ = tokio::time::sleep_until(deadline) => End::HeadTimeout,
-                _ = slot.evicted().cancelled() => End::Evicted,
+                _ = place.evicted().cancelled() => End::Evicted,
                 _ = settings.shutdown.cancelled() => End::Done,
             }
         }
     };
     let stats = &settings.stats;
-    let before_head = !head_seen.load(Ordering::Relaxed);
+    let before_head = !place.served();
     match end {
         End::Done => {}
         End::HeadTimeout => Stats::incr(&stats.refused_head_timeout),
@@ -83,21 +89,74 @@ pub(super) async fn serve(
     }
 }
 
+/// The socket, telling its place when its first bytes come in (the clock of a trickled head
+/// starts then); after that, one branch per read.
+struct FirstBytes {
+    inner: TcpStream,
+    place: Option<Arc<Place>>,
+}
+
+impl AsyncRead for FirstBytes {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some(place) = self.place.take() {
+                place.begin();
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for FirstBytes {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     deadline: Instant,
-    head_seen: &Arc<AtomicBool>,
-    slot: &Slot,
+    place: &Arc<Place>,
     settings: &Settings,
 ) -> End
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let router = settings.router.clone();
-    let seen = head_seen.clone();
+    let seen = place.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        seen.serve();
         // What `ConnectInfo<SocketAddr>` extracts in the handlers.
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().call(request)
@@ -114,14 +173,14 @@ where
     tokio::pin!(first_head);
     let mut closing = false;
     loop {
-        let waiting_for_head = !head_seen.load(Ordering::Relaxed);
+        let waiting_for_head = !place.served();
         tokio::select! {
             result = connection.as_mut() => {
                 return match result {
                     Ok(()) => End::Done,
                     // hyper's own header timer, started on the first poll, may ring in the
                     // same instant as ours for the first head: the same refusal.
-                    Err(error) if error.is_timeout() && !head_seen.load(Ordering::Relaxed) => {
+                    Err(error) if error.is_timeout() && !place.served() => {
                         End::HeadTimeout
                     }
                     // A kept-alive connection idle for as long: an ordinary end.
@@ -131,11 +190,11 @@ where
             }
             _ = &mut first_head, if waiting_for_head => {
                 // The head may have come in while this select was waiting.
-                if !head_seen.load(Ordering::Relaxed) {
+                if !place.served() {
                     return End::HeadTimeout;
                 }
             }
-            _ = slot.evicted().cancelled() => return End::Evicted,
+            _ = place.evicted().cancelled() => return End::Evicted,
             _ = settings.shutdown.cancelled(), if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
