@@ -51,11 +51,25 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+/// The queue proper, under the outbox's lock. What every publish reads and writes is here and
+/// small (the buffer, the frame count and bound, one pointer); what only large payloads and
+/// subscriptions with positions need lives behind that pointer, allocated when first used. So
+/// a 3.1 publish touches one cache line of the connection's state, see [`Inner`].
 #[derive(Default)]
 struct Pending {
-    /// Encoded frames, oldest first.
-    wire: Wire,
-    frames: usize,
+    /// Encoded frames, oldest first; shared payloads are spliced in from `cold`.
+    bytes: Vec<u8>,
+    cold: Option<Box<Cold>>,
+    frames: u32,
+    /// The bound in frames (fixed): kept beside the count it limits.
+    max_frames: u32,
+}
+
+#[derive(Default)]
+struct Cold {
+    /// Large payloads shared with other connections, spliced into `bytes` ([`Wire`]'s form).
+    shared: Vec<(usize, Bytes)>,
+    shared_len: usize,
     /// Where the queued publishes of subscriptions with positions are: when the queue
     /// overflows they are the ones dropped.
     marks: Vec<Mark>,
@@ -65,8 +79,8 @@ struct Pending {
     gaps: Vec<(Arc<str>, u64)>,
 }
 
-/// A queued publish of a subscription with positions: `wire.bytes[start..end]`, plus its
-/// shared payload when it has one.
+/// A queued publish of a subscription with positions: `bytes[start..end]`, plus its shared
+/// payload when it has one.
 struct Mark {
     start: usize,
     end: usize,
@@ -75,11 +89,25 @@ struct Mark {
 }
 
 impl Pending {
+    /// Queued bytes on the wire, shared payloads included.
+    fn len(&self) -> usize {
+        self.bytes.len() + self.cold.as_ref().map_or(0, |c| c.shared_len)
+    }
+
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    fn has_gaps(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| !c.gaps.is_empty())
+    }
+
     /// Records that `rid` lost the publish at `position`.
     fn lost(&mut self, rid: &Arc<str>, position: u64) {
-        match self.gaps.iter_mut().find(|(r, _)| **r == **rid) {
+        let gaps = &mut self.cold().gaps;
+        match gaps.iter_mut().find(|(r, _)| **r == **rid) {
             Some(gap) => gap.1 = gap.1.max(position),
-            None => self.gaps.push((rid.clone(), position)),
+            None => gaps.push((rid.clone(), position)),
         }
     }
 
@@ -87,13 +115,21 @@ impl Pending {
     /// the connection fell behind), recording their gaps; the other frames stay, in order.
     /// Returns how many were dropped.
     fn drop_positional(&mut self) -> usize {
-        let marks = std::mem::take(&mut self.marks);
+        let Some(cold) = self.cold.as_mut() else {
+            return 0;
+        };
+        let marks = std::mem::take(&mut cold.marks);
         if marks.is_empty() {
             return 0;
         }
         let ranges: Vec<(usize, usize)> = marks.iter().map(|m| (m.start, m.end)).collect();
-        self.wire.remove(&ranges);
-        self.frames -= marks.len();
+        let mut wire = Wire::from_parts(
+            std::mem::take(&mut self.bytes),
+            std::mem::take(&mut cold.shared),
+        );
+        wire.remove(&ranges);
+        (self.bytes, cold.shared, cold.shared_len) = wire.into_parts();
+        self.frames -= marks.len() as u32;
         for mark in &marks {
             self.lost(&mark.request_id_json, mark.position);
         }
@@ -101,19 +137,23 @@ impl Pending {
     }
 }
 
-/// A fan-out touches one `Inner` per subscriber, each in a different place in memory: the
-/// fields a publish reads and writes come first and share one cache line (a 10k-subscriber
-/// fan-out profile spent 7 % of its samples on the first load of `closing`, a cache miss).
+/// A fan-out touches one `Inner` per subscriber, each in a different place in memory, and the
+/// first touch of each is a cache miss: what a publish reads and writes (the closing flag, the
+/// lock and the queue, the bounds, the bytes taken and not yet written) fills the first cache
+/// line, and nothing else does. A 10k-subscriber burst profile spent 10 % of the server's time
+/// on the loads of three lines when these were spread out (the assertion below holds it so).
 #[repr(C, align(64))]
 struct Inner {
+    pending: Mutex<Pending>,
     /// A plain flag, read on every publish: a `CancellationToken` took a mutex to answer
     /// `is_cancelled` (3.6 % of all samples in a 10k-subscriber fan-out profile).
     closing: AtomicBool,
-    pending: Mutex<Pending>,
-    bound: QueueBound,
+    /// The bound in bytes, at most 4 GiB (fixed).
+    max_bytes: u32,
     /// Bytes the connection took and has not finished writing: they count against the byte
     /// bound too, so a stalled client holds at most the bound, not the bound twice.
     unwritten: AtomicUsize,
+    // The second line on: what publishes do not read.
     /// The connection's task, woken when the queue goes from empty to non-empty or a flag is
     /// set. An `AtomicWaker`: the task is the only waiter, and a `Notify` took a lock shared by
     /// the publishing thread and the task on every wakeup (rooms: 82k -> 64k msgs/s).
@@ -127,6 +167,9 @@ struct Inner {
     last_active: AtomicU64,
     stats: Arc<Stats>,
 }
+
+// Everything a publish touches is in the first cache line of `Inner`.
+const _: () = assert!(std::mem::offset_of!(Inner, unwritten) + 8 <= 64);
 
 /// The first allocation of an empty queue: a burst then appends ~10 publish frames before the
 /// buffer grows (and copies) again. An idle connection holds none: the queue's buffer leaves
@@ -177,15 +220,15 @@ fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
 }
 
 impl Outbox {
-    /// A queue holding up to `bound`.
+    /// A queue holding up to `bound` (each part at most 2^32 - 1).
     pub fn new(bound: QueueBound, stats: Arc<Stats>) -> Outbox {
         Outbox {
             inner: Arc::new(Inner {
-                pending: Mutex::new(Pending::default()),
-                bound: QueueBound {
-                    frames: bound.frames.max(1),
-                    bytes: bound.bytes,
-                },
+                pending: Mutex::new(Pending {
+                    max_frames: bound.frames.clamp(1, u32::MAX as usize) as u32,
+                    ..Pending::default()
+                }),
+                max_bytes: bound.bytes.min(u32::MAX as usize) as u32,
                 unwritten: AtomicUsize::new(0),
                 waker: AtomicWaker::new(),
                 closing: AtomicBool::new(false),
@@ -203,10 +246,10 @@ impl Outbox {
         if pending.frames == 0 {
             return true; // a frame always fits into an empty queue
         }
-        let bound = &self.inner.bound;
-        let queued = pending.wire.len() + self.inner.unwritten.load(Ordering::Relaxed);
+        let queued = pending.len() + self.inner.unwritten.load(Ordering::Relaxed);
         let size = ws::header_len(payload) + payload;
-        pending.frames < bound.frames && queued.saturating_add(size) <= bound.bytes
+        pending.frames < pending.max_frames
+            && queued.saturating_add(size) <= self.inner.max_bytes as usize
     }
 
     /// Appends one frame made of `parts`; `bounded` refuses it when the queue is full. The
@@ -219,7 +262,7 @@ impl Outbox {
             return false;
         }
         let was_empty = pending.frames == 0;
-        let bytes = pending.wire.bytes_mut();
+        let bytes = &mut pending.bytes;
         if bytes.capacity() == 0 {
             bytes.reserve(FIRST_ALLOCATION);
         }
@@ -253,9 +296,9 @@ impl Outbox {
         let rid = frame.request_id_json.as_bytes();
         let len = frame.prefix.len() + rid.len() + tail.len();
         let mut pending = lock(&self.inner.pending);
-        if let (Some(position), false) = (frame.position, pending.gaps.is_empty()) {
+        if let (Some(position), true) = (frame.position, pending.has_gaps()) {
             let rid = frame.request_id_json;
-            if pending.gaps.iter().any(|(r, _)| **r == **rid) {
+            if pending.cold().gaps.iter().any(|(r, _)| **r == **rid) {
                 pending.lost(rid, position);
                 return Err(Full);
             }
@@ -269,22 +312,24 @@ impl Outbox {
             return Err(Full);
         }
         let was_empty = pending.frames == 0;
-        let start = pending.wire.bytes.len();
-        let wire = &mut pending.wire;
+        let start = pending.bytes.len();
         if frame.prefix.len() > SHARE_ABOVE {
-            ws::put_header(&mut wire.bytes, opcode::TEXT, len);
-            wire.push_shared(frame.prefix.clone());
-            wire.bytes.extend_from_slice(rid);
-            wire.bytes.extend_from_slice(tail);
+            ws::put_header(&mut pending.bytes, opcode::TEXT, len);
+            let at = pending.bytes.len();
+            let cold = pending.cold();
+            cold.shared_len += frame.prefix.len();
+            cold.shared.push((at, frame.prefix.clone()));
+            pending.bytes.extend_from_slice(rid);
+            pending.bytes.extend_from_slice(tail);
         } else {
-            if wire.bytes.capacity() == 0 {
-                wire.bytes.reserve(FIRST_ALLOCATION);
+            if pending.bytes.capacity() == 0 {
+                pending.bytes.reserve(FIRST_ALLOCATION);
             }
-            ws::put_frame(&mut wire.bytes, opcode::TEXT, &[frame.prefix, rid, tail]);
+            ws::put_frame(&mut pending.bytes, opcode::TEXT, &[frame.prefix, rid, tail]);
         }
         if let Some(position) = frame.position {
-            let end = pending.wire.bytes.len();
-            pending.marks.push(Mark {
+            let end = pending.bytes.len();
+            pending.cold().marks.push(Mark {
                 start,
                 end,
                 request_id_json: frame.request_id_json.clone(),
@@ -359,18 +404,22 @@ impl Outbox {
     pub fn take(&self, into: &mut Wire) -> usize {
         debug_assert!(into.is_empty());
         let mut pending = lock(&self.inner.pending);
-        std::mem::swap(&mut pending.wire, into);
-        pending.marks.clear();
-        let mut frames = std::mem::take(&mut pending.frames);
-        if !pending.gaps.is_empty() {
-            let gaps = std::mem::take(&mut pending.gaps);
-            drop(pending);
-            Stats::add(&self.inner.stats.gap_notices, gaps.len() as u64);
-            for (rid, position) in &gaps {
-                let notice = crate::protocol::gap(rid, *position);
-                ws::put_frame(into.bytes_mut(), opcode::TEXT, &[notice.as_bytes()]);
+        std::mem::swap(&mut pending.bytes, &mut into.bytes);
+        let mut frames = std::mem::take(&mut pending.frames) as usize;
+        if let Some(cold) = pending.cold.as_mut() {
+            std::mem::swap(&mut cold.shared, &mut into.shared);
+            into.set_shared_len(std::mem::take(&mut cold.shared_len));
+            cold.marks.clear();
+            if !cold.gaps.is_empty() {
+                let gaps = std::mem::take(&mut cold.gaps);
+                drop(pending);
+                Stats::add(&self.inner.stats.gap_notices, gaps.len() as u64);
+                for (rid, position) in &gaps {
+                    let notice = crate::protocol::gap(rid, *position);
+                    ws::put_frame(into.bytes_mut(), opcode::TEXT, &[notice.as_bytes()]);
+                }
+                frames += gaps.len();
             }
-            frames += gaps.len();
         }
         if !into.is_empty() {
             self.inner.unwritten.store(into.len(), Ordering::Relaxed);
@@ -387,7 +436,11 @@ impl Outbox {
 
     /// Drops every queued frame (a slow client's backlog).
     pub fn discard(&self) {
-        *lock(&self.inner.pending) = Pending::default();
+        let mut pending = lock(&self.inner.pending);
+        *pending = Pending {
+            max_frames: pending.max_frames,
+            ..Pending::default()
+        };
     }
 
     /// Registers the connection's task to be woken by the next frame or flag.

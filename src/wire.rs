@@ -36,6 +36,26 @@ impl Wire {
         &mut self.bytes
     }
 
+    /// A wire of `bytes` with `shared` spliced in (`(at, payload)`, in order of `at`).
+    pub(crate) fn from_parts(bytes: Vec<u8>, shared: Vec<(usize, Bytes)>) -> Wire {
+        let shared_len = shared.iter().map(|(_, p)| p.len()).sum();
+        Wire {
+            bytes,
+            shared,
+            shared_len,
+        }
+    }
+
+    /// The buffer, its splices and their length.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<(usize, Bytes)>, usize) {
+        (self.bytes, self.shared, self.shared_len)
+    }
+
+    /// After the splices were swapped in from elsewhere: their length.
+    pub(crate) fn set_shared_len(&mut self, len: usize) {
+        self.shared_len = len;
+    }
+
     /// Appends `payload` by reference, after the bytes so far.
     pub fn push_shared(&mut self, payload: Bytes) {
         self.shared_len += payload.len();
