@@ -157,7 +157,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
         .await;
         return None;
     };
-    socket.queue_text(allowed.first_frame());
+    socket.queue_shared_text(allowed.first_payload());
     let outbox = Outbox::new(
         QueueBound {
             frames: shared.config.outgoing_queue,

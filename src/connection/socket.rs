@@ -17,12 +17,13 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::budget::{Budget, Verdict};
-use crate::outbox::{close_code, CloseReason, Outbox, Wire};
+use crate::outbox::{close_code, CloseReason, Outbox, Wire, SHARE_ABOVE};
 use crate::stats::Stats;
 use crate::ws::{self, opcode, FrameError, Head};
 
@@ -99,6 +100,17 @@ impl Socket {
     /// Queues a text frame to go before anything from the outbox (the first answer).
     pub fn queue_text(&mut self, text: &str) {
         ws::put_frame(self.out.bytes_mut(), opcode::TEXT, &[text.as_bytes()]);
+    }
+
+    /// Queues a text frame of `payload`, spliced in by reference when it is large (a shared
+    /// first frame with thousands of allowed rooms), copied otherwise.
+    pub fn queue_shared_text(&mut self, payload: &Bytes) {
+        if payload.len() > SHARE_ABOVE {
+            ws::put_header(self.out.bytes_mut(), opcode::TEXT, payload.len());
+            self.out.push_shared(payload.clone());
+        } else {
+            ws::put_frame(self.out.bytes_mut(), opcode::TEXT, &[payload]);
+        }
     }
 
     fn queue_close(&mut self, code: u16, reason: &str) {

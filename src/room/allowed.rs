@@ -22,17 +22,32 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{Room, RoomLimits, WILDCARD};
+use bytes::Bytes;
+
 use crate::protocol;
 
 /// The rooms a connection may subscribe to, as the backend gave them. Cloning shares them.
 #[derive(Clone)]
 pub struct AllowedRooms(Arc<List>);
 
+/// A list's first frame, owned by the `Bytes` that hands it to sockets.
+struct Text(Arc<str>);
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// One distinct list.
 struct List {
     /// The connection's first frame, `{"allowed_rooms":[...],"is_authorized":true}`, written
     /// once for every connection given this list.
-    first_frame: Box<str>,
+    first_frame: Arc<str>,
+    /// The same text (the same memory) as the payload a connection's socket splices in: a
+    /// 5,000-room list is ~220 KB, and copying it for every connection doubled what a burst of
+    /// connects allocated.
+    first_payload: Bytes,
     /// The text the list was found under, when it is not the list inside `first_frame` byte
     /// for byte (the backend's own spacing or key order).
     source: Option<Box<str>>,
@@ -86,6 +101,11 @@ impl AllowedRooms {
     /// The first frame of a connection given this list, as the server has always written it.
     pub fn first_frame(&self) -> &str {
         &self.0.first_frame
+    }
+
+    /// [`AllowedRooms::first_frame`] as bytes to splice into a socket's output, not copy.
+    pub fn first_payload(&self) -> &Bytes {
+        &self.0.first_payload
     }
 
     /// Whether both are the one shared list.
@@ -211,8 +231,10 @@ impl Builder {
                 (shape, patterns)
             })
             .collect();
+        let first_frame: Arc<str> = protocol::authorized(&text).into();
         Some(List {
-            first_frame: protocol::authorized(&text).into(),
+            first_payload: Bytes::from_owner(Text(first_frame.clone())),
+            first_frame,
             source: source.filter(|source| *source != text).map(Box::from),
             shapes,
             shelf: None,
