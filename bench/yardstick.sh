@@ -10,8 +10,9 @@
 #
 # Needs: the loadgen checkout (LOADGEN, default ../shared/loadgen next to this repository);
 # an open-files hard limit of 20,000 or more (the idle scenario holds 19,000 sockets).
-# Our server runs with history on (its default), a trigger token, and the per-IP bound raised:
-# the loadgen's sockets come from 4 loopback addresses.
+# Our server runs with history on (its default), a trigger token, triggers on the internal
+# address (as the README's deployment does: they are then taken in on a thread of their own),
+# and the per-IP bound raised: the loadgen's sockets come from 4 loopback addresses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,6 +29,7 @@ loadgen=$loadgen_dir/target/release/loadgen
 ulimit -n "$(ulimit -Hn)"
 
 ours_port=18700
+ours_internal=18701
 limit_port=18800
 token=yardstick
 server_pid=
@@ -57,6 +59,7 @@ start_server() {
     ours)
         HT_TRIGGER_TOKEN=$token "$ours_bin" \
             --api-url http://127.0.0.1:18781/api/ --listen "127.0.0.1:$ours_port" \
+            --internal-listen "127.0.0.1:$ours_internal" \
             --max-connections-per-ip 1000000 --log-summary-interval 0s \
             >"$out/ours.log" 2>&1 &
         server_pid=$!
@@ -78,7 +81,9 @@ run() {
     # limit-server needs no backend; ours asks the loadgen's fake backend.
     local backend=()
     [[ $server == limit ]] && backend=(--no-backend)
-    local trig=(--trigger-url "http://127.0.0.1:$port/trigger/" --trigger-token "$token")
+    local trigger_port
+    trigger_port=$([[ $server == ours ]] && echo $ours_internal || echo $limit_port)
+    local trig=(--trigger-url "http://127.0.0.1:$trigger_port/trigger/" --trigger-token "$token")
     case $scenario in
     burst) args=(fanout -n 10000 -m 500 "${trig[@]}") ;;
     rooms) args=(rooms -n 10000 -m 10 --batch 100 "${trig[@]}") ;;

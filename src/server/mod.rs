@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 mod capacity;
 mod conn;
 mod http;
+mod intake;
 mod listener;
 mod pending;
 mod websocket;
@@ -33,6 +34,7 @@ mod websocket;
 pub use capacity::{Capacity, FIXED_RESERVE, MAX_PENDING_SOCKETS};
 pub(crate) use http::accept_triggers;
 use http::{metrics_handler, ready_handler, status_handler, trigger_handler};
+use intake::Intake;
 use listener::ClosableListener;
 use pending::Pending;
 pub use pending::EVICT_AFTER;
@@ -72,6 +74,8 @@ pub enum StartError {
     Tls(String),
     #[error("{0}")]
     OpenFiles(String),
+    #[error("cannot start the trigger intake thread: {0}")]
+    Intake(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -223,9 +227,12 @@ impl Server {
             shared: shared.clone(),
             connections: connections.clone(),
         };
+        let intake = Intake::start().map_err(StartError::Intake)?;
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
-        let mut listen = |listener, router, tls| {
+        // On the intake thread: the listener's socket is driven there, its connections run
+        // there (only the internal listener, which serves no websockets).
+        let mut listen = |listener, router, tls, on_intake: bool| {
             let listener = ClosableListener::new(listener);
             listeners.push(listener.clone());
             let policy = &shared.config.policy;
@@ -240,17 +247,33 @@ impl Server {
                 stats: shared.stats.clone(),
                 shutdown: shared.shutdown.clone(),
             });
-            servers.push(tokio::spawn(listener::serve(listener, pending, settings)));
+            let serve = listener::serve(listener, pending, settings);
+            servers.push(match on_intake {
+                true => intake.spawn(serve),
+                false => tokio::spawn(serve),
+            });
         };
-        listen(public_listener, public.with_state(state.clone()), tls);
+        listen(
+            public_listener,
+            public.with_state(state.clone()),
+            tls,
+            false,
+        );
         if let Some(listener) = internal_listener {
             let internal = trigger_routes
                 .merge(ops_routes)
                 .route("/status", get(status_handler))
                 .with_state(state);
-            listen(listener, internal, None);
+            let listener = listener
+                .into_std()
+                .and_then(|std| intake.enter(|| TcpListener::from_std(std)))
+                .map_err(|source| StartError::Bind {
+                    addr: internal_addr.unwrap_or(local_addr),
+                    source,
+                })?;
+            listen(listener, internal, None, true);
         }
-        let sources = start_sources(&shared, local_addr);
+        let sources = start_sources(&shared, local_addr, &intake);
         tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
         Ok(Handle {
             local_addr,
@@ -261,12 +284,17 @@ impl Server {
             listeners,
             servers,
             sources,
+            intake,
         })
     }
 }
 
-/// Spawns the configured broker sources; they stop on `shared.shutdown`.
-fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<()>> {
+/// Spawns the configured broker sources on the intake thread; they stop on `shared.shutdown`.
+fn start_sources(
+    shared: &Arc<Node>,
+    local_addr: SocketAddr,
+    intake: &Intake,
+) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
     if let Some(amqp) = &shared.config.amqp {
         let publisher = shared
@@ -279,11 +307,11 @@ fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<(
         if let Some(stream) = &shared.stream {
             engine = engine.with_stream(shared.clone(), stream.clone());
         }
-        sources.push(tokio::spawn(sources::run(engine, shared.clone())));
+        sources.push(intake.spawn(sources::run(engine, shared.clone())));
     }
     if let Some(redis) = &shared.config.redis {
         let engine = RedisEngine::new(redis.clone());
-        sources.push(tokio::spawn(sources::run(engine, shared.clone())));
+        sources.push(intake.spawn(sources::run(engine, shared.clone())));
     }
     sources
 }
@@ -314,6 +342,8 @@ pub struct Handle {
     listeners: Vec<ClosableListener>,
     servers: Vec<JoinHandle<()>>,
     sources: Vec<JoinHandle<()>>,
+    /// Ends (with its tasks) when the handle goes, after a shutdown's waits.
+    intake: Intake,
 }
 
 impl Handle {
@@ -366,6 +396,8 @@ impl Handle {
                 source.abort();
             }
         }
+        // Last: the internal listener's connections and the sources ran there.
+        drop(self.intake);
     }
 }
 
