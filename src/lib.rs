@@ -34,6 +34,7 @@
 
 mod admission;
 pub mod backend;
+mod clock;
 pub mod config;
 mod connection;
 pub mod demo;

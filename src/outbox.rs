@@ -122,7 +122,7 @@ struct Inner {
     reauth_due: AtomicBool,
     /// Set on every frame from the client; cleared by each websocket ping round.
     heard: AtomicBool,
-    /// When the client last sent a message ([`crate::sweeper::now_ms`]); the idle timeout runs
+    /// When the client last sent a message ([`crate::clock::now_ms`]); the idle timeout runs
     /// from it. Websocket pongs do not count: an abandoned tab still answers them.
     last_active: AtomicU64,
     stats: Arc<Stats>,
@@ -192,7 +192,7 @@ impl Outbox {
                 reason: OnceLock::new(),
                 reauth_due: AtomicBool::new(false),
                 heard: AtomicBool::new(true),
-                last_active: AtomicU64::new(crate::sweeper::now_ms()),
+                last_active: AtomicU64::new(crate::clock::now_ms()),
                 stats,
             }),
         }

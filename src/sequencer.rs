@@ -20,12 +20,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::clock::now_ms;
 use crate::history::{History, HistoryLimits};
 use crate::hub::{Hub, Subscriber, SubscriptionId};
 use crate::outbox::{close_code, CloseReason};
 use crate::protocol::{Since, Trigger};
 use crate::room::Room;
-use crate::sweeper::now_ms;
 
 /// Why a resume could not be proven complete (`recovered:false`), a bounded metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

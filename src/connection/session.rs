@@ -61,7 +61,7 @@ impl Session {
     pub fn on_text(&mut self, text: &str) {
         let stats = &self.shared.stats;
         Stats::incr(&stats.ws_messages_received);
-        self.outbox.active(crate::sweeper::now_ms());
+        self.outbox.active(crate::clock::now_ms());
         let policy = &self.shared.config.policy;
         let message = ClientMessage::parse(text, &policy.room_limits);
         let status;

@@ -50,8 +50,8 @@ use serde_json::{json, Value};
 
 pub(crate) use self::session::Session;
 use super::SourceError;
+use crate::clock::now_ms;
 use crate::config::StreamSettings;
-use crate::sweeper::now_ms;
 
 /// The stream's segment size (`x-stream-max-segment-size-bytes`). Retention drops whole
 /// segments, oldest first, and never the one being written: the stream holds its size bound
