@@ -22,6 +22,7 @@ pub use crate::wire::{Wire, SHARE_ABOVE};
 
 use futures_util::task::AtomicWaker;
 
+use crate::protocol::Trigger;
 use crate::stats::Stats;
 use crate::ws::{self, opcode};
 
@@ -153,12 +154,25 @@ impl QueueBound {
 }
 
 /// One subscription's publish frame: the trigger's shared prefix
-/// ([`Trigger::frame_prefix`](crate::protocol::Trigger::frame_prefix)), the subscription's
+/// ([`Trigger::frame_prefix`]), the subscription's
 /// requestId, and the trigger's position for a subscription with positions.
 pub struct Publish<'a> {
     pub prefix: &'a Bytes,
     pub request_id_json: &'a Arc<str>,
     pub position: Option<u64>,
+}
+
+impl<'a> Publish<'a> {
+    /// The publish frame of `trigger` for one subscription: the shared prefix, its requestId
+    /// already encoded as a JSON string, and the trigger's position when the subscription has
+    /// positions.
+    pub fn new(trigger: &'a Trigger, request_id_json: &'a Arc<str>, positions: bool) -> Self {
+        Publish {
+            prefix: &trigger.frame_prefix,
+            request_id_json,
+            position: positions.then_some(trigger.position),
+        }
+    }
 }
 
 /// The queue had no room.

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::SystemTime;
 
-use crate::sequencer::NotRecovered;
+use crate::protocol::NotRecovered;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::{json, Value};
 

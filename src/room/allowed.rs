@@ -22,7 +22,25 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{Room, RoomLimits, WILDCARD};
-use crate::protocol;
+
+/// What the first frame of an authorised connection holds around its allowed rooms: the text
+/// `json!({"is_authorized": true, "allowed_rooms": list})` has always given (keys sorted).
+const AUTHORIZED_HEAD: &str = r#"{"allowed_rooms":"#;
+const AUTHORIZED_TAIL: &str = r#","is_authorized":true}"#;
+
+/// The first frame of an authorised connection, around `allowed_rooms`: the list's JSON text as
+/// `serde_json` writes it. Built once per distinct list ([`AllowedLists`]).
+fn authorized(allowed_rooms: &str) -> String {
+    [AUTHORIZED_HEAD, allowed_rooms, AUTHORIZED_TAIL].concat()
+}
+
+/// The allowed rooms' text inside a frame built by [`authorized`].
+fn allowed_rooms_of(first_frame: &str) -> &str {
+    first_frame
+        .strip_prefix(AUTHORIZED_HEAD)
+        .and_then(|rest| rest.strip_suffix(AUTHORIZED_TAIL))
+        .unwrap_or(first_frame)
+}
 
 /// The rooms a connection may subscribe to, as the backend gave them. Cloning shares them.
 #[derive(Clone)]
@@ -132,7 +150,7 @@ impl List {
     fn source(&self) -> &str {
         match &self.source {
             Some(source) => source,
-            None => protocol::allowed_rooms_of(&self.first_frame),
+            None => allowed_rooms_of(&self.first_frame),
         }
     }
 }
@@ -212,7 +230,7 @@ impl Builder {
             })
             .collect();
         Some(List {
-            first_frame: protocol::authorized(&text).into(),
+            first_frame: authorized(&text).into(),
             source: source.filter(|source| *source != text).map(Box::from),
             shapes,
             shelf: None,
@@ -440,6 +458,17 @@ impl Drop for Turn<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn first_frame_is_the_text_it_has_always_been() {
+        let list = json!([{"target": "message", "customer": "1"}, {"b": 1.5, "a": [null]}]);
+        let frame = authorized(&list.to_string());
+        assert_eq!(
+            frame,
+            json!({"is_authorized": true, "allowed_rooms": list}).to_string()
+        );
+        assert_eq!(allowed_rooms_of(&frame), list.to_string());
+    }
 
     fn room(value: Value) -> Room {
         Room::parse(&value, &RoomLimits::default()).expect("valid room")
