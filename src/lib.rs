@@ -22,8 +22,8 @@
 //!   HTTP backend with forwarded headers and hooks.
 //! - [`stats`]: node-wide counters behind the `status` answer; `summary` (private): the
 //!   periodic one-line summary of them at INFO.
-//! - [`config`]: the typed configuration (file, environment, flags); [`policy`]: its limits and
-//!   security part.
+//! - [`config`]: the typed configuration (file, environment, flags); [`config::policy`]: its
+//!   limits and security part.
 //! - [`demo`]: `--demo`: a built-in backend letting everyone in, and the demo page at `/`.
 //! - [`proxy`]: who the client is behind a trusted proxy (per-IP limits, logs);
 //!   `admission` (private): origin check and connection limits before the upgrade.
@@ -43,7 +43,6 @@ pub mod hub;
 mod metrics;
 mod node;
 pub mod outbox;
-pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod room;

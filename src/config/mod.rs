@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use crate::backend::{ApiUrl, HeaderRule, HttpBackendConfig};
 use crate::history::HistoryLimits;
-use crate::policy::Policy;
 
 /// Default public address: loopback, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -61,43 +60,33 @@ const MAX_AMQP_NAME: usize = 255;
 /// where it stopped; longer, its clients are told what cannot be proven). An hour covers a
 /// broker restart, a deploy or a network partition of some minutes with room to spare.
 pub const DEFAULT_AMQP_STREAM_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The stream's segment size (`x-stream-max-segment-size-bytes`). Retention drops whole
+/// segments, oldest first, and never the one being written: the stream holds its size bound
+/// plus up to one segment, and its age bound plus the time one segment takes to fill.
+/// RabbitMQ's default (500 MB) would make retention that coarse; 64 MiB fills in ~3 minutes at
+/// 1,000 triggers/s of ~300 bytes, hours at a few per second (then the stream keeps more than
+/// `amqp_stream_max_age`, which only costs disk up to the size bound).
+pub const AMQP_STREAM_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// The stream's size bound (`x-max-length-bytes`): the broker's disk cost of the stream, plus
-/// one segment ([`crate::sources::stream::SEGMENT_BYTES`]). At 1,000 triggers/s of ~300 bytes
+/// one segment ([`AMQP_STREAM_SEGMENT_BYTES`]). At 1,000 triggers/s of ~300 bytes
 /// (~400 on disk with the broker's per-message overhead) 1 GiB holds ~45 minutes; at 100/s
 /// the whole hour of `DEFAULT_AMQP_STREAM_MAX_AGE`. Whichever bound is reached first wins.
 pub const DEFAULT_AMQP_STREAM_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// The least `amqp_stream_max_bytes` allowed: four segments, so retention (which drops whole
 /// segments) never leaves the stream empty of the node's own epoch markers.
-const MIN_AMQP_STREAM_MAX_BYTES: u64 = 4 * crate::sources::stream::SEGMENT_BYTES;
+const MIN_AMQP_STREAM_MAX_BYTES: u64 = 4 * AMQP_STREAM_SEGMENT_BYTES;
 
 mod cli;
 mod file;
+mod parse;
+pub mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use cli::Cli;
 use file::{read_file, toml_error, DurationValue, FileConfig};
-
-/// Seconds as a plain number (`300`, `0.5`), or a humantime duration (`5m`, `10s`, `250ms`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
-}
-
-/// Parses a size: bytes (`67108864`) or with a unit (`64MiB`, `512 KiB`, `1GB`).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    if let Ok(bytes) = text.parse::<usize>() {
-        return Ok(bytes);
-    }
-    let size: bytesize::ByteSize = text
-        .parse()
-        .map_err(|e| format!("{text:?}: {e} (a size like 67108864 or 64MiB)"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("{text:?}: too large"))
-}
+pub use parse::{parse_duration, parse_size};
+use policy::Policy;
 
 /// Checks an AMQP URL (`amqp://` or `amqps://`). The error never repeats the URL: it may hold
 /// a password.

@@ -51,15 +51,8 @@ use serde_json::{json, Value};
 pub(crate) use self::session::Session;
 use super::SourceError;
 use crate::clock::now_ms;
-use crate::config::StreamSettings;
+use crate::config::{StreamSettings, AMQP_STREAM_SEGMENT_BYTES};
 
-/// The stream's segment size (`x-stream-max-segment-size-bytes`). Retention drops whole
-/// segments, oldest first, and never the one being written: the stream holds its size bound
-/// plus up to one segment, and its age bound plus the time one segment takes to fill.
-/// RabbitMQ's default (500 MB) would make retention that coarse; 64 MiB fills in ~3 minutes at
-/// 1,000 triggers/s of ~300 bytes, hours at a few per second (then the stream keeps more than
-/// `amqp_stream_max_age`, which only costs disk up to the size bound).
-pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// How often a node publishes a mark: the epoch stays in the stream while any node runs
 /// (retention needs `amqp_stream_max_age` without one to drop them all), finding the epoch
 /// reads at most this long of triggers, and the lag is measured this often. Three nodes add
@@ -199,7 +192,7 @@ async fn declare(
     arguments.insert("x-max-length-bytes".into(), bytes(settings.max_bytes));
     arguments.insert(
         "x-stream-max-segment-size-bytes".into(),
-        bytes(SEGMENT_BYTES),
+        bytes(AMQP_STREAM_SEGMENT_BYTES),
     );
     let durable = QueueDeclareOptions {
         durable: true,

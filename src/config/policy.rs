@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use super::parse::parse_duration;
 use crate::proxy::TrustedProxies;
 use crate::room::RoomLimits;
 
@@ -44,7 +44,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// header bytes (slowloris) holds a descriptor for this long at most.
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Limit and security flags; flattened into [`crate::config::Cli`].
+/// Limit and security flags; flattened into [`super::Cli`].
 #[derive(Debug, Default, clap::Args)]
 pub struct PolicyCli {
     /// Origins allowed to open websockets, comma-separated; patterns like https://*.example.com;
