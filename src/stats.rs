@@ -10,6 +10,8 @@ use crate::protocol::NotRecovered;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::{json, Value};
 
+pub(crate) mod stream;
+
 /// Where a trigger came from; a bounded label set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TriggerSource {

@@ -25,13 +25,14 @@ use tokio_util::task::TaskTracker;
 
 mod capacity;
 mod conn;
+mod demo;
 mod http;
 mod listener;
 mod pending;
 mod websocket;
 
 pub use capacity::{Capacity, FIXED_RESERVE, MAX_PENDING_SOCKETS};
-pub(crate) use http::accept_triggers;
+use http::accept_triggers;
 use http::{metrics_handler, ready_handler, status_handler, trigger_handler};
 use listener::ClosableListener;
 use pending::Pending;
@@ -41,7 +42,7 @@ use websocket::ws_handler;
 use crate::admission::Admission;
 use crate::backend::{Backend, BackendGate, HttpBackend};
 use crate::config::Config;
-use crate::demo::{self, DemoBackend};
+use crate::demo::DemoBackend;
 use crate::hub::Hub;
 use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
@@ -49,7 +50,7 @@ use crate::sequencer::Sequencer;
 use crate::sources;
 use crate::sources::amqp::{AmqpEngine, Publisher};
 use crate::sources::redis::RedisEngine;
-use crate::sources::stream::StreamStatus;
+use crate::stats::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
 use crate::sweeper::{Registry, Timers};
 
@@ -133,7 +134,12 @@ impl Server {
             .amqp
             .as_ref()
             .and_then(|amqp| amqp.stream.as_ref())
-            .map(|stream| Arc::new(StreamStatus::new(&stream.name)));
+            .map(|stream| {
+                Arc::new(StreamStatus::new(
+                    &stream.name,
+                    sources::stream::new_id("n"),
+                ))
+            });
         let shared = Arc::new(Node {
             stream,
             hub: Hub::new(),
@@ -150,7 +156,6 @@ impl Server {
             stats,
             backend,
             shutdown: CancellationToken::new(),
-            amqp_publisher,
             registry: Registry::new(Timers {
                 idle_timeout: self.config.idle_timeout,
                 ping_interval: policy.ws_ping_interval,
@@ -222,6 +227,7 @@ impl Server {
         let state = AppState {
             shared: shared.clone(),
             connections: connections.clone(),
+            amqp_publisher: amqp_publisher.clone(),
         };
         let mut servers = Vec::new();
         let mut listeners = Vec::new();
@@ -250,7 +256,7 @@ impl Server {
                 .with_state(state);
             listen(listener, internal, None);
         }
-        let sources = start_sources(&shared, local_addr);
+        let sources = start_sources(&shared, local_addr, amqp_publisher);
         tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
         Ok(Handle {
             local_addr,
@@ -265,14 +271,16 @@ impl Server {
     }
 }
 
-/// Spawns the configured broker sources; they stop on `shared.shutdown`.
-fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<()>> {
+/// Spawns the configured broker sources; they stop on `shared.shutdown`. The AMQP source
+/// feeds `amqp_publisher` (the one `POST /trigger/` publishes through) when there is one.
+fn start_sources(
+    shared: &Arc<Node>,
+    local_addr: SocketAddr,
+    amqp_publisher: Option<Publisher>,
+) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
     if let Some(amqp) = &shared.config.amqp {
-        let publisher = shared
-            .amqp_publisher
-            .clone()
-            .unwrap_or_else(|| Publisher::new(&amqp.exchange));
+        let publisher = amqp_publisher.unwrap_or_else(|| Publisher::new(&amqp.exchange));
         // Names this node in the broker's connection list.
         let name = format!("high-templar {} on {local_addr}", env!("CARGO_PKG_VERSION"));
         let mut engine = AmqpEngine::new(amqp.clone(), name, publisher);
@@ -374,4 +382,6 @@ impl Handle {
 pub(crate) struct AppState {
     pub shared: Arc<Node>,
     connections: TaskTracker,
+    /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
+    amqp_publisher: Option<Publisher>,
 }
