@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::{ApiUrl, HeaderRule, HttpBackendConfig};
+use crate::backend::{ApiUrl, HeaderRule, HeaderRuleToml, HttpBackendConfig};
 use crate::history::HistoryLimits;
 
 /// Default public address: loopback, so a first run exposes nothing.
@@ -86,7 +86,7 @@ mod tests;
 pub use cli::Cli;
 use file::{read_file, toml_error, DurationValue, FileConfig};
 pub use parse::{parse_duration, parse_size};
-use policy::Policy;
+use policy::{layered, Policy};
 
 /// Checks an AMQP URL (`amqp://` or `amqps://`). The error never repeats the URL: it may hold
 /// a password.
@@ -297,15 +297,8 @@ impl Config {
                 .ok()
         });
 
-        let mut forward_headers: Vec<HeaderRule> = Vec::new();
-        for (i, rule) in file.forward_headers.into_iter().enumerate() {
-            match HeaderRule::try_from(rule) {
-                Ok(rule) => forward_headers.push(rule),
-                Err(e) => errors.push(format!("forward_headers[{i}]: {e}")),
-            }
-        }
-        // Flags and environment come after the file's rules, so they override by name.
-        forward_headers.extend(cli.forward_headers);
+        let forward_headers =
+            forward_headers(file.forward_headers, cli.forward_headers, &mut errors);
 
         let mut url =
             |field: &str, text: Option<String>, check: fn(&str) -> Result<String, String>| {
@@ -317,121 +310,83 @@ impl Config {
             };
         let file_amqp_url = url("amqp_url", file.amqp_url, parse_amqp_url);
         let file_redis_url = url("redis_url", file.redis_url, parse_redis_url);
-        let amqp_exchange = cli.amqp_exchange.or(file.amqp_exchange);
-        let amqp_publish =
-            cli.amqp_publish_http_triggers || file.amqp_publish_http_triggers.unwrap_or(false);
         let file_stream_max_bytes = file.amqp_stream_max_bytes.and_then(|size| {
             size.parse()
                 .map_err(|e| errors.push(format!("amqp_stream_max_bytes: {e}")))
                 .ok()
         });
-        let stream_max_age = cli.amqp_stream_max_age.or(file_stream_max_age);
-        let stream_max_bytes = cli.amqp_stream_max_bytes.or(file_stream_max_bytes);
-        let stream = match cli.amqp_stream.or(file.amqp_stream) {
-            Some(name) => Some(StreamSettings {
-                name,
-                max_age: stream_max_age.unwrap_or(DEFAULT_AMQP_STREAM_MAX_AGE),
-                max_bytes: stream_max_bytes
-                    .map_or(DEFAULT_AMQP_STREAM_MAX_BYTES, |bytes| bytes as u64),
-            }),
-            None => {
-                if stream_max_age.is_some() {
-                    errors.push("amqp_stream_max_age: needs amqp_stream".to_string());
-                }
-                if stream_max_bytes.is_some() {
-                    errors.push("amqp_stream_max_bytes: needs amqp_stream".to_string());
-                }
-                None
-            }
-        };
-        let amqp = match cli.amqp_url.or(file_amqp_url) {
-            Some(url) => Some(AmqpSettings {
-                url,
-                exchange: amqp_exchange.unwrap_or_else(|| DEFAULT_AMQP_EXCHANGE.to_string()),
-                // With a stream, /trigger/ must go through the exchange to get a position.
-                publish_http_triggers: amqp_publish || stream.is_some(),
-                stream,
-            }),
-            None => {
-                if amqp_exchange.is_some() {
-                    errors.push("amqp_exchange: needs amqp_url".to_string());
-                }
-                if amqp_publish {
-                    errors.push("amqp_publish_http_triggers: needs amqp_url".to_string());
-                }
-                if stream.is_some() {
-                    errors.push("amqp_stream: needs amqp_url".to_string());
-                }
-                None
-            }
-        };
-        let redis_channel = cli.redis_channel.or(file.redis_channel);
-        let redis = match cli.redis_url.or(file_redis_url) {
-            Some(url) => Some(RedisSettings {
-                url,
-                channel: redis_channel.unwrap_or_else(|| DEFAULT_REDIS_CHANNEL.to_string()),
-            }),
-            None => {
-                if redis_channel.is_some() {
-                    errors.push("redis_channel: needs redis_url".to_string());
-                }
-                None
-            }
-        };
+        let stream = stream_settings(
+            cli.amqp_stream.or(file.amqp_stream),
+            cli.amqp_stream_max_age.or(file_stream_max_age),
+            cli.amqp_stream_max_bytes.or(file_stream_max_bytes),
+            &mut errors,
+        );
+        let amqp = amqp_settings(
+            cli.amqp_url.or(file_amqp_url),
+            cli.amqp_exchange.or(file.amqp_exchange),
+            cli.amqp_publish_http_triggers || file.amqp_publish_http_triggers.unwrap_or(false),
+            stream,
+            &mut errors,
+        );
+        let redis = redis_settings(
+            cli.redis_url.or(file_redis_url),
+            cli.redis_channel.or(file.redis_channel),
+            &mut errors,
+        );
 
         let config = Config {
-            listen: cli.listen.or(file_listen).unwrap_or(defaults.listen),
+            listen: layered(cli.listen, file_listen, defaults.listen),
             internal_listen: cli.internal_listen.or(file_internal),
             backend: BackendSettings {
                 api_url: cli.api_url.or(file_api_url),
                 api_socket: cli.api_socket.or(file.api_socket),
                 api_ca_file: cli.api_ca_file.or(file.api_ca_file),
-                timeout: cli
-                    .backend_timeout
-                    .or(file_backend_timeout)
-                    .unwrap_or(defaults.backend.timeout),
+                timeout: layered(
+                    cli.backend_timeout,
+                    file_backend_timeout,
+                    defaults.backend.timeout,
+                ),
                 forward_headers,
                 on_connect: cli.on_connect.or(file.on_connect),
                 on_disconnect: cli.on_disconnect.or(file.on_disconnect),
                 on_ping: cli.on_ping.or(file.on_ping),
             },
             trigger_token: cli.trigger_token.or(file.trigger_token),
-            log_summary_interval: Some(
-                cli.log_summary_interval
-                    .or(file_summary)
-                    .unwrap_or(DEFAULT_LOG_SUMMARY_INTERVAL),
-            )
+            log_summary_interval: Some(layered(
+                cli.log_summary_interval,
+                file_summary,
+                DEFAULT_LOG_SUMMARY_INTERVAL,
+            ))
             .filter(|every| !every.is_zero()),
-            idle_timeout: cli
-                .idle_timeout
-                .or(file_idle)
-                .unwrap_or(defaults.idle_timeout),
-            max_message_size: cli
-                .max_message_size
-                .or(file.max_message_size)
-                .unwrap_or(defaults.max_message_size),
-            outgoing_queue: cli
-                .outgoing_queue
-                .or(file.outgoing_queue)
-                .unwrap_or(defaults.outgoing_queue),
-            outgoing_queue_bytes: cli
-                .outgoing_queue_bytes
-                .or(file.outgoing_queue_bytes)
-                .unwrap_or(defaults.outgoing_queue_bytes),
-            max_trigger_body: cli
-                .max_trigger_body
-                .or(file.max_trigger_body)
-                .unwrap_or(defaults.max_trigger_body),
+            idle_timeout: layered(cli.idle_timeout, file_idle, defaults.idle_timeout),
+            max_message_size: layered(
+                cli.max_message_size,
+                file.max_message_size,
+                defaults.max_message_size,
+            ),
+            outgoing_queue: layered(
+                cli.outgoing_queue,
+                file.outgoing_queue,
+                defaults.outgoing_queue,
+            ),
+            outgoing_queue_bytes: layered(
+                cli.outgoing_queue_bytes,
+                file.outgoing_queue_bytes,
+                defaults.outgoing_queue_bytes,
+            ),
+            max_trigger_body: layered(
+                cli.max_trigger_body,
+                file.max_trigger_body,
+                defaults.max_trigger_body,
+            ),
             max_batch: defaults.max_batch,
             history: HistoryLimits {
-                ttl: cli
-                    .history_ttl
-                    .or(file_history_ttl)
-                    .unwrap_or(defaults.history.ttl),
-                memory: cli
-                    .history_memory
-                    .or(file_history_memory)
-                    .unwrap_or(defaults.history.memory),
+                ttl: layered(cli.history_ttl, file_history_ttl, defaults.history.ttl),
+                memory: layered(
+                    cli.history_memory,
+                    file_history_memory,
+                    defaults.history.memory,
+                ),
             },
             policy: Policy::merge(cli.policy, file.limits, file.security, &mut errors),
             // A flag can only switch these on: a bare `--demo` has no "off" form.
@@ -589,5 +544,99 @@ impl Config {
             on_disconnect: b.on_disconnect.clone(),
             on_ping: b.on_ping.clone(),
         })
+    }
+}
+
+/// The header rules: the file's, then the flags' and environment's (later rules override
+/// earlier ones by name).
+fn forward_headers(
+    file: Vec<HeaderRuleToml>,
+    flags: Vec<HeaderRule>,
+    errors: &mut Vec<String>,
+) -> Vec<HeaderRule> {
+    let mut rules: Vec<HeaderRule> = Vec::new();
+    for (i, rule) in file.into_iter().enumerate() {
+        match HeaderRule::try_from(rule) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => errors.push(format!("forward_headers[{i}]: {e}")),
+        }
+    }
+    rules.extend(flags);
+    rules
+}
+
+/// `amqp_stream` and its retention; the retention settings alone are an error.
+fn stream_settings(
+    name: Option<String>,
+    max_age: Option<Duration>,
+    max_bytes: Option<usize>,
+    errors: &mut Vec<String>,
+) -> Option<StreamSettings> {
+    match name {
+        Some(name) => Some(StreamSettings {
+            name,
+            max_age: max_age.unwrap_or(DEFAULT_AMQP_STREAM_MAX_AGE),
+            max_bytes: max_bytes.map_or(DEFAULT_AMQP_STREAM_MAX_BYTES, |bytes| bytes as u64),
+        }),
+        None => {
+            if max_age.is_some() {
+                errors.push("amqp_stream_max_age: needs amqp_stream".to_string());
+            }
+            if max_bytes.is_some() {
+                errors.push("amqp_stream_max_bytes: needs amqp_stream".to_string());
+            }
+            None
+        }
+    }
+}
+
+/// The RabbitMQ source when `amqp_url` is set; its other settings alone are an error.
+fn amqp_settings(
+    url: Option<String>,
+    exchange: Option<String>,
+    publish_http_triggers: bool,
+    stream: Option<StreamSettings>,
+    errors: &mut Vec<String>,
+) -> Option<AmqpSettings> {
+    match url {
+        Some(url) => Some(AmqpSettings {
+            url,
+            exchange: exchange.unwrap_or_else(|| DEFAULT_AMQP_EXCHANGE.to_string()),
+            // With a stream, /trigger/ must go through the exchange to get a position.
+            publish_http_triggers: publish_http_triggers || stream.is_some(),
+            stream,
+        }),
+        None => {
+            if exchange.is_some() {
+                errors.push("amqp_exchange: needs amqp_url".to_string());
+            }
+            if publish_http_triggers {
+                errors.push("amqp_publish_http_triggers: needs amqp_url".to_string());
+            }
+            if stream.is_some() {
+                errors.push("amqp_stream: needs amqp_url".to_string());
+            }
+            None
+        }
+    }
+}
+
+/// The Redis source when `redis_url` is set; a channel alone is an error.
+fn redis_settings(
+    url: Option<String>,
+    channel: Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<RedisSettings> {
+    match url {
+        Some(url) => Some(RedisSettings {
+            url,
+            channel: channel.unwrap_or_else(|| DEFAULT_REDIS_CHANNEL.to_string()),
+        }),
+        None => {
+            if channel.is_some() {
+                errors.push("redis_channel: needs redis_url".to_string());
+            }
+            None
+        }
     }
 }
