@@ -84,7 +84,7 @@ pub mod policy;
 mod tests;
 
 pub use cli::Cli;
-use file::{read_file, toml_error, DurationValue, FileConfig};
+use file::{read_file, toml_error, FileConfig};
 pub use parse::{parse_duration, parse_size};
 use policy::{layered, Policy};
 
@@ -266,55 +266,65 @@ impl Config {
         let mut errors = Vec::new();
         let defaults = Config::default();
 
-        let mut parse = |field: &str, text: Option<String>| -> Option<SocketAddr> {
-            let text = text?;
-            text.parse()
-                .map_err(|e| errors.push(format!("{field}: {text:?} is not an address: {e}")))
-                .ok()
-        };
-        let file_listen = parse("listen", file.listen);
-        let file_internal = parse("internal_listen", file.internal_listen);
-
-        let file_api_url = file.api_url.and_then(|text| {
-            text.parse::<ApiUrl>()
-                .map_err(|e| errors.push(format!("api_url: {e}")))
-                .ok()
-        });
-        let mut duration = |field: &str, value: Option<DurationValue>| -> Option<Duration> {
-            value?
-                .parse()
-                .map_err(|e| errors.push(format!("{field}: {e}")))
-                .ok()
-        };
-        let file_idle = duration("idle_timeout", file.idle_timeout);
-        let file_backend_timeout = duration("backend_timeout", file.backend_timeout);
-        let file_summary = duration("log_summary_interval", file.log_summary_interval);
-        let file_history_ttl = duration("history_ttl", file.history_ttl);
-        let file_stream_max_age = duration("amqp_stream_max_age", file.amqp_stream_max_age);
-        let file_history_memory = file.history_memory.and_then(|size| {
-            size.parse()
-                .map_err(|e| errors.push(format!("history_memory: {e}")))
-                .ok()
-        });
-
+        let file_listen = read(&mut errors, "listen", file.listen.map(address));
+        let file_internal = read(
+            &mut errors,
+            "internal_listen",
+            file.internal_listen.map(address),
+        );
+        let file_api_url = read(
+            &mut errors,
+            "api_url",
+            file.api_url.map(|text| text.parse::<ApiUrl>()),
+        );
+        let file_idle = read(
+            &mut errors,
+            "idle_timeout",
+            file.idle_timeout.map(|v| v.parse()),
+        );
+        let file_backend_timeout = read(
+            &mut errors,
+            "backend_timeout",
+            file.backend_timeout.map(|v| v.parse()),
+        );
+        let file_summary = read(
+            &mut errors,
+            "log_summary_interval",
+            file.log_summary_interval.map(|v| v.parse()),
+        );
+        let file_history_ttl = read(
+            &mut errors,
+            "history_ttl",
+            file.history_ttl.map(|v| v.parse()),
+        );
+        let file_stream_max_age = read(
+            &mut errors,
+            "amqp_stream_max_age",
+            file.amqp_stream_max_age.map(|v| v.parse()),
+        );
+        let file_history_memory = read(
+            &mut errors,
+            "history_memory",
+            file.history_memory.map(|v| v.parse()),
+        );
         let forward_headers =
             forward_headers(file.forward_headers, cli.forward_headers, &mut errors);
+        let file_amqp_url = read(
+            &mut errors,
+            "amqp_url",
+            file.amqp_url.map(|t| parse_amqp_url(&t)),
+        );
+        let file_redis_url = read(
+            &mut errors,
+            "redis_url",
+            file.redis_url.map(|t| parse_redis_url(&t)),
+        );
+        let file_stream_max_bytes = read(
+            &mut errors,
+            "amqp_stream_max_bytes",
+            file.amqp_stream_max_bytes.map(|v| v.parse()),
+        );
 
-        let mut url =
-            |field: &str, text: Option<String>, check: fn(&str) -> Result<String, String>| {
-                text.and_then(|text| {
-                    check(&text)
-                        .map_err(|e| errors.push(format!("{field}: {e}")))
-                        .ok()
-                })
-            };
-        let file_amqp_url = url("amqp_url", file.amqp_url, parse_amqp_url);
-        let file_redis_url = url("redis_url", file.redis_url, parse_redis_url);
-        let file_stream_max_bytes = file.amqp_stream_max_bytes.and_then(|size| {
-            size.parse()
-                .map_err(|e| errors.push(format!("amqp_stream_max_bytes: {e}")))
-                .ok()
-        });
         let stream = stream_settings(
             cli.amqp_stream.or(file.amqp_stream),
             cli.amqp_stream_max_age.or(file_stream_max_age),
@@ -545,6 +555,23 @@ impl Config {
             on_ping: b.on_ping.clone(),
         })
     }
+}
+
+/// A file's value, parsed; an error is reported under `field` and the value left out.
+fn read<T, E: std::fmt::Display>(
+    errors: &mut Vec<String>,
+    field: &str,
+    value: Option<Result<T, E>>,
+) -> Option<T> {
+    value?
+        .map_err(|e| errors.push(format!("{field}: {e}")))
+        .ok()
+}
+
+/// An address (`listen`, `internal_listen`) as the file gives it.
+fn address(text: String) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?} is not an address: {e}"))
 }
 
 /// The header rules: the file's, then the flags' and environment's (later rules override
