@@ -85,7 +85,7 @@ pub(crate) async fn run<G: Send>(
         let Some(mut open) = Box::pin(open(io, &request, &shared)).await else {
             return;
         };
-        let Some(registration) = shared.registry.register(&open.session.outbox()) else {
+        let Some(registration) = shared.registry.register(open.session.outbox()) else {
             // The node began shutting down during the bootstrap.
             let finish =
                 open.socket

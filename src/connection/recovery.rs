@@ -78,7 +78,7 @@ impl Recoveries {
             loop {
                 while let Some(trigger) = recovery.pending.front() {
                     if !outbox.push_replayed(&Publish::new(
-                        &trigger,
+                        trigger,
                         &recovery.request_id_json,
                         true,
                     )) {
