@@ -40,9 +40,9 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-// What `socket.rs` and `budget.rs` reach as `crate::outbox`, `crate::policy` and
+// What `socket.rs` and `budget.rs` reach as `crate::outbox`, `crate::config::policy` and
 // `crate::stats` in the library.
-use high_templar::{outbox, policy, stats};
+use high_templar::{config, outbox, stats};
 use outbox::{Outbox, QueueBound};
 use socket::{Incoming, ReadEnd, Socket};
 use stats::Stats;
@@ -86,10 +86,10 @@ async fn upgrade(mut request: Request, stats: Arc<Stats>) -> Response {
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
             // No message budget: the fuzzing client sends as fast as it can.
-            let unlimited = policy::Policy {
+            let unlimited = config::policy::Policy {
                 messages_per_second: f64::MAX,
                 message_burst: u32::MAX,
-                ..policy::Policy::default()
+                ..config::policy::Policy::default()
             };
             let budget = budget::Budget::new(&unlimited);
             echo(

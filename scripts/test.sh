@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== module graph: no import cycle between the top-level modules of src/"
+python3 scripts/module-graph.py >/dev/null
+
 echo "== brokers: RabbitMQ and Redis up (installed with apt-get when missing)"
 APT_INSTALL=${APT_INSTALL:-1} ./scripts/ci-brokers.sh
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
 
-use crate::policy::Policy;
+use crate::config::policy::Policy;
 use crate::stats::Stats;
 
 /// Why a websocket was refused before the upgrade.

@@ -169,7 +169,7 @@ impl ShapeLog {
 }
 
 /// The node's recent triggers. Not synchronised: its owner keeps it behind the lock that
-/// orders the node's triggers ([`crate::sequencer`]).
+/// orders the node's triggers (the sequencer, a layer above).
 pub struct History {
     limits: HistoryLimits,
     entries: VecDeque<Entry>,

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Publish};
 use crate::protocol::Trigger;
 use crate::room::{Room, WILDCARD};
 
@@ -261,7 +261,7 @@ impl Hub {
                     Some(replaying) if replaying.load(Ordering::Relaxed) => continue,
                     Some(_) => true,
                 };
-                let frame = trigger.publish(&subscriber.request_id_json, positions);
+                let frame = Publish::new(trigger, &subscriber.request_id_json, positions);
                 if subscriber.outbox.try_publish(&frame) {
                     delivered += 1;
                 }

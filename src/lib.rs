@@ -20,20 +20,28 @@
 //!   `Engine` trait, with the shared reconnect loop.
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
 //!   HTTP backend with forwarded headers and hooks.
-//! - [`stats`]: node-wide counters behind the `status` answer; `summary` (private): the
-//!   periodic one-line summary of them at INFO.
-//! - [`config`]: the typed configuration (file, environment, flags); [`policy`]: its limits and
-//!   security part.
-//! - [`demo`]: `--demo`: a built-in backend letting everyone in, and the demo page at `/`.
+//! - [`stats`]: node-wide counters behind the `status` answer, and where the node stands in a
+//!   shared stream; `summary` (private): the periodic one-line summary of them at INFO.
+//! - `clock` (private): the node's monotonic clock in milliseconds.
+//! - [`config`]: the typed configuration (file, environment, flags); [`config::policy`]: its
+//!   limits and security part.
+//! - [`demo`]: `--demo`: a built-in backend letting everyone in, and the demo page (served at
+//!   `/` by the server).
 //! - [`proxy`]: who the client is behind a trusted proxy (per-IP limits, logs);
 //!   `admission` (private): origin check and connection limits before the upgrade.
 //! - [`server`]: listeners and their accept loop (open-files capacity, request-head deadline,
 //!   the bound on sockets not yet upgraded), routes (`/ws/`, `/trigger/`), start and shutdown.
 //!
+//! The modules form layers, each using only those below it (ARCHITECTURE.md, "Module graph";
+//! `scripts/module-graph.py` checks there is no cycle): leaves (`clock`, `ws`, `room`) →
+//! `protocol` → `stats` → `outbox` → `hub`, `history`, `sweeper` → `sequencer` → `backend` →
+//! `config` → `admission` → `node` → `connection`, `sources`, `metrics` → `server`.
+//!
 //! `main.rs` only parses the configuration and runs a [`Server`].
 
 mod admission;
 pub mod backend;
+mod clock;
 pub mod config;
 mod connection;
 pub mod demo;
@@ -42,7 +50,6 @@ pub mod hub;
 mod metrics;
 mod node;
 pub mod outbox;
-pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod room;

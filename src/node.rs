@@ -15,8 +15,7 @@ use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::Trigger;
 use crate::room::AllowedRooms;
 use crate::sequencer::Sequencer;
-use crate::sources::amqp::Publisher;
-use crate::sources::stream::StreamStatus;
+use crate::stats::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
 use crate::sweeper::Registry;
 
@@ -34,8 +33,6 @@ pub(crate) struct Node {
     pub admission: Arc<Admission>,
     /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
     pub shutdown: CancellationToken,
-    /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
-    pub amqp_publisher: Option<Publisher>,
     /// With `amqp_stream`: where the node stands in the shared stream.
     pub stream: Option<Arc<StreamStatus>>,
     /// Every open connection, with the node-wide timer that keeps their deadlines.

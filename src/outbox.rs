@@ -22,6 +22,7 @@ pub use crate::wire::{Wire, SHARE_ABOVE};
 
 use futures_util::task::AtomicWaker;
 
+use crate::protocol::Trigger;
 use crate::stats::Stats;
 use crate::ws::{self, opcode};
 
@@ -162,7 +163,7 @@ struct Inner {
     reauth_due: AtomicBool,
     /// Set on every frame from the client; cleared by each websocket ping round.
     heard: AtomicBool,
-    /// When the client last sent a message ([`crate::sweeper::now_ms`]); the idle timeout runs
+    /// When the client last sent a message ([`crate::clock::now_ms`]); the idle timeout runs
     /// from it. Websocket pongs do not count: an abandoned tab still answers them.
     last_active: AtomicU64,
     stats: Arc<Stats>,
@@ -196,12 +197,25 @@ impl QueueBound {
 }
 
 /// One subscription's publish frame: the trigger's shared prefix
-/// ([`Trigger::frame_prefix`](crate::protocol::Trigger::frame_prefix)), the subscription's
+/// ([`Trigger::frame_prefix`]), the subscription's
 /// requestId, and the trigger's position for a subscription with positions.
 pub struct Publish<'a> {
     pub prefix: &'a Bytes,
     pub request_id_json: &'a Arc<str>,
     pub position: Option<u64>,
+}
+
+impl<'a> Publish<'a> {
+    /// The publish frame of `trigger` for one subscription: the shared prefix, its requestId
+    /// already encoded as a JSON string, and the trigger's position when the subscription has
+    /// positions.
+    pub fn new(trigger: &'a Trigger, request_id_json: &'a Arc<str>, positions: bool) -> Self {
+        Publish {
+            prefix: &trigger.frame_prefix,
+            request_id_json,
+            position: positions.then_some(trigger.position),
+        }
+    }
 }
 
 /// The queue had no room.
@@ -235,7 +249,7 @@ impl Outbox {
                 reason: OnceLock::new(),
                 reauth_due: AtomicBool::new(false),
                 heard: AtomicBool::new(true),
-                last_active: AtomicU64::new(crate::sweeper::now_ms()),
+                last_active: AtomicU64::new(crate::clock::now_ms()),
                 stats,
             }),
         }

@@ -13,9 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::outbox::Publish;
 use crate::room::{Room, RoomError, RoomLimits};
-use crate::sequencer::Joined;
 
 /// Answers that never vary: built once, sent as they are.
 pub mod answer {
@@ -32,6 +30,30 @@ pub mod answer {
     pub const NOT_AUTHORIZED: &str = r#"{"is_authorized":false}"#;
     pub const BACKEND_UNAVAILABLE: &str =
         r#"{"is_authorized":false,"error":"backend-unavailable"}"#;
+}
+
+/// Why a resume could not be proven complete (`recovered:false`), a bounded metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotRecovered {
+    /// The position is of another epoch (another process run, another log).
+    Epoch,
+    /// Triggers after it were let go (ttl or memory bound).
+    Expired,
+    /// The position is newer than anything taken in.
+    Future,
+    /// History is turned off.
+    Off,
+}
+
+/// The answer to a subscribe with positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The epoch the positions are in.
+    pub epoch: Arc<str>,
+    /// The newest position taken in when the subscription joined.
+    pub top: u64,
+    /// For a resume: whether what it missed will be replayed.
+    pub recovered: Option<Result<(), NotRecovered>>,
 }
 
 /// The two errors that carry the connection's own id as `requestId`.
@@ -54,25 +76,6 @@ pub fn subscribed(epoch: &str, joined: &Joined) -> String {
 /// string) lost publishes up to `position` because its connection fell behind.
 pub fn gap(request_id_json: &str, position: u64) -> String {
     format!(r#"{{"type":"gap","requestId":{request_id_json},"offset":{position}}}"#)
-}
-
-/// What the first frame of an authorised connection holds around its allowed rooms: the text
-/// `json!({"is_authorized": true, "allowed_rooms": list})` has always given (keys sorted).
-const AUTHORIZED_HEAD: &str = r#"{"allowed_rooms":"#;
-const AUTHORIZED_TAIL: &str = r#","is_authorized":true}"#;
-
-/// The first frame of an authorised connection, around `allowed_rooms`: the list's JSON text as
-/// `serde_json` writes it. Built once per distinct list (`room::AllowedLists`).
-pub fn authorized(allowed_rooms: &str) -> String {
-    [AUTHORIZED_HEAD, allowed_rooms, AUTHORIZED_TAIL].concat()
-}
-
-/// The allowed rooms' text inside a frame built by [`authorized`].
-pub fn allowed_rooms_of(first_frame: &str) -> &str {
-    first_frame
-        .strip_prefix(AUTHORIZED_HEAD)
-        .and_then(|rest| rest.strip_suffix(AUTHORIZED_TAIL))
-        .unwrap_or(first_frame)
 }
 
 /// Beyond: a subscription dropped by the server (re-authorisation).
@@ -530,17 +533,6 @@ impl Trigger {
         }
     }
 
-    /// The publish frame for one subscription, as the outbox lays it on the wire: the shared
-    /// prefix, its requestId already encoded as a JSON string, and the trigger's position
-    /// when the subscription has positions.
-    pub fn publish<'a>(&'a self, request_id_json: &'a Arc<str>, positions: bool) -> Publish<'a> {
-        Publish {
-            prefix: &self.frame_prefix,
-            request_id_json,
-            position: positions.then_some(self.position),
-        }
-    }
-
     /// The 3.1 publish frame for one subscription as one string (tests, tools).
     pub fn frame_for(&self, request_id_json: &str) -> String {
         let prefix = std::str::from_utf8(&self.frame_prefix).unwrap_or_default();
@@ -555,17 +547,6 @@ mod tests {
 
     fn parse(text: &str) -> ClientMessage {
         ClientMessage::parse(text, &RoomLimits::default())
-    }
-
-    #[test]
-    fn first_frame_is_the_text_it_has_always_been() {
-        let list = json!([{"target": "message", "customer": "1"}, {"b": 1.5, "a": [null]}]);
-        let frame = authorized(&list.to_string());
-        assert_eq!(
-            frame,
-            json!({"is_authorized": true, "allowed_rooms": list}).to_string()
-        );
-        assert_eq!(allowed_rooms_of(&frame), list.to_string());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! # Two kinds of sequence
 //! A node alone numbers its triggers itself ([`Sequencer::publish`]) in an epoch of its own.
-//! With a shared stream (`amqp_stream`, [`crate::sources::stream`]) the stream numbers them:
+//! With a shared stream (`amqp_stream`, read by `sources::stream`) the stream numbers them:
 //! the consumer hands each trigger in with its position ([`Sequencer::publish_at`]), the
 //! epoch is the stream's ([`Sequencer::adopt`]), and positions the stream no longer holds are
 //! declared lost ([`Sequencer::lose_through`]).
@@ -20,36 +20,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::clock::now_ms;
 use crate::history::{History, HistoryLimits};
 use crate::hub::{Hub, Subscriber, SubscriptionId};
 use crate::outbox::{close_code, CloseReason};
-use crate::protocol::{Since, Trigger};
+use crate::protocol::{Joined, NotRecovered, Since, Trigger};
 use crate::room::Room;
-use crate::sweeper::now_ms;
-
-/// Why a resume could not be proven complete (`recovered:false`), a bounded metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotRecovered {
-    /// The position is of another epoch (another process run, another log).
-    Epoch,
-    /// Triggers after it were let go (ttl or memory bound).
-    Expired,
-    /// The position is newer than anything taken in.
-    Future,
-    /// History is turned off.
-    Off,
-}
-
-/// The answer to a subscribe with positions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Joined {
-    /// The epoch the positions are in.
-    pub epoch: Arc<str>,
-    /// The newest position taken in when the subscription joined.
-    pub top: u64,
-    /// For a resume: whether what it missed will be replayed.
-    pub recovered: Option<Result<(), NotRecovered>>,
-}
 
 /// The next step of a recovery.
 pub enum Replay {

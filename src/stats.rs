@@ -6,9 +6,11 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::SystemTime;
 
-use crate::sequencer::NotRecovered;
+use crate::protocol::NotRecovered;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::{json, Value};
+
+pub(crate) mod stream;
 
 /// Where a trigger came from; a bounded label set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,12 +7,13 @@
 //! shortest period, acting through the outbox: a close, a ping frame, a re-authorisation flag.
 //! Deadlines are thus kept to within one tick (an eighth of the shortest period, at most 1 s).
 
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::outbox::{close_code, CloseReason, Outbox};
 use crate::stats::Stats;
 use crate::ws::opcode;
@@ -33,13 +34,6 @@ const PING_TIMEOUT: CloseReason = CloseReason {
 
 const MIN_TICK: Duration = Duration::from_millis(5);
 const MAX_TICK: Duration = Duration::from_secs(1);
-
-/// Milliseconds on the node's monotonic clock.
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::policy::TlsFiles;
+use crate::config::policy::TlsFiles;
 
 /// Reads the PEM certificate chain and key; the error names the file at fault.
 pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {

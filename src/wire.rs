@@ -1,5 +1,5 @@
 //! Bytes on their way to a socket: one buffer of frames, with large shared payloads spliced
-//! in by reference, written with vectored writes ([`crate::outbox`] fills it, the connection's
+//! in by reference, written with vectored writes (the outbox fills it, the connection's
 //! socket writes it).
 
 use std::io::IoSlice;

@@ -30,7 +30,7 @@ async fn tls_server(tweak: impl FnOnce(&mut high_templar::Config)) -> (Handle, T
 
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": [{"a": 1}]}))).await;
     let mut config = config_for(&backend);
-    config.policy.tls = Some(high_templar::policy::TlsFiles {
+    config.policy.tls = Some(high_templar::config::policy::TlsFiles {
         cert: cert_path,
         key: key_path,
     });
@@ -135,7 +135,7 @@ async fn over_tls_slow_handshakes_and_trickled_heads_are_closed_at_the_deadline(
 async fn unreadable_tls_files_fail_the_start_naming_them() {
     let backend = TestBackend::start(Reply::ok(json!({}))).await;
     let mut config = config_for(&backend);
-    config.policy.tls = Some(high_templar::policy::TlsFiles {
+    config.policy.tls = Some(high_templar::config::policy::TlsFiles {
         cert: "/nonexistent/cert.pem".into(),
         key: "/nonexistent/key.pem".into(),
     });

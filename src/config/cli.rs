@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
 
-use super::{parse_amqp_url, parse_duration, parse_redis_url, parse_size};
+use super::parse::{parse_duration, parse_size};
+use super::policy::PolicyCli;
+use super::{parse_amqp_url, parse_redis_url};
 use crate::backend::{ApiUrl, HeaderRule};
-use crate::policy::PolicyCli;
 
 /// The command line. Every flag also reads an `HT_*` environment variable.
 #[derive(Debug, Default, Parser)]

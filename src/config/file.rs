@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_duration, parse_size, ConfigError};
-use crate::policy::{LimitsFile, SecurityFile};
+use super::parse::{parse_duration, parse_size};
+use super::policy::{LimitsFile, SecurityFile};
+use super::ConfigError;
 
 /// The config file: the same settings as the flags, in snake_case.
 #[derive(Debug, Default, Deserialize)]

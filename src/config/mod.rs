@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::{ApiUrl, HeaderRule, HttpBackendConfig};
+use crate::backend::{ApiUrl, HeaderRule, HeaderRuleToml, HttpBackendConfig};
 use crate::history::HistoryLimits;
-use crate::policy::Policy;
 
 /// Default public address: loopback, so a first run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -61,43 +60,33 @@ const MAX_AMQP_NAME: usize = 255;
 /// where it stopped; longer, its clients are told what cannot be proven). An hour covers a
 /// broker restart, a deploy or a network partition of some minutes with room to spare.
 pub const DEFAULT_AMQP_STREAM_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The stream's segment size (`x-stream-max-segment-size-bytes`). Retention drops whole
+/// segments, oldest first, and never the one being written: the stream holds its size bound
+/// plus up to one segment, and its age bound plus the time one segment takes to fill.
+/// RabbitMQ's default (500 MB) would make retention that coarse; 64 MiB fills in ~3 minutes at
+/// 1,000 triggers/s of ~300 bytes, hours at a few per second (then the stream keeps more than
+/// `amqp_stream_max_age`, which only costs disk up to the size bound).
+pub const AMQP_STREAM_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// The stream's size bound (`x-max-length-bytes`): the broker's disk cost of the stream, plus
-/// one segment ([`crate::sources::stream::SEGMENT_BYTES`]). At 1,000 triggers/s of ~300 bytes
+/// one segment ([`AMQP_STREAM_SEGMENT_BYTES`]). At 1,000 triggers/s of ~300 bytes
 /// (~400 on disk with the broker's per-message overhead) 1 GiB holds ~45 minutes; at 100/s
 /// the whole hour of `DEFAULT_AMQP_STREAM_MAX_AGE`. Whichever bound is reached first wins.
 pub const DEFAULT_AMQP_STREAM_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// The least `amqp_stream_max_bytes` allowed: four segments, so retention (which drops whole
 /// segments) never leaves the stream empty of the node's own epoch markers.
-const MIN_AMQP_STREAM_MAX_BYTES: u64 = 4 * crate::sources::stream::SEGMENT_BYTES;
+const MIN_AMQP_STREAM_MAX_BYTES: u64 = 4 * AMQP_STREAM_SEGMENT_BYTES;
 
 mod cli;
 mod file;
+mod parse;
+pub mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use cli::Cli;
-use file::{read_file, toml_error, DurationValue, FileConfig};
-
-/// Seconds as a plain number (`300`, `0.5`), or a humantime duration (`5m`, `10s`, `250ms`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
-}
-
-/// Parses a size: bytes (`67108864`) or with a unit (`64MiB`, `512 KiB`, `1GB`).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    if let Ok(bytes) = text.parse::<usize>() {
-        return Ok(bytes);
-    }
-    let size: bytesize::ByteSize = text
-        .parse()
-        .map_err(|e| format!("{text:?}: {e} (a size like 67108864 or 64MiB)"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("{text:?}: too large"))
-}
+use file::{read_file, toml_error, FileConfig};
+pub use parse::{parse_duration, parse_size};
+use policy::{layered, Policy};
 
 /// Checks an AMQP URL (`amqp://` or `amqps://`). The error never repeats the URL: it may hold
 /// a password.
@@ -277,172 +266,137 @@ impl Config {
         let mut errors = Vec::new();
         let defaults = Config::default();
 
-        let mut parse = |field: &str, text: Option<String>| -> Option<SocketAddr> {
-            let text = text?;
-            text.parse()
-                .map_err(|e| errors.push(format!("{field}: {text:?} is not an address: {e}")))
-                .ok()
-        };
-        let file_listen = parse("listen", file.listen);
-        let file_internal = parse("internal_listen", file.internal_listen);
+        let file_listen = read(&mut errors, "listen", file.listen.map(address));
+        let file_internal = read(
+            &mut errors,
+            "internal_listen",
+            file.internal_listen.map(address),
+        );
+        let file_api_url = read(
+            &mut errors,
+            "api_url",
+            file.api_url.map(|text| text.parse::<ApiUrl>()),
+        );
+        let file_idle = read(
+            &mut errors,
+            "idle_timeout",
+            file.idle_timeout.map(|v| v.parse()),
+        );
+        let file_backend_timeout = read(
+            &mut errors,
+            "backend_timeout",
+            file.backend_timeout.map(|v| v.parse()),
+        );
+        let file_summary = read(
+            &mut errors,
+            "log_summary_interval",
+            file.log_summary_interval.map(|v| v.parse()),
+        );
+        let file_history_ttl = read(
+            &mut errors,
+            "history_ttl",
+            file.history_ttl.map(|v| v.parse()),
+        );
+        let file_stream_max_age = read(
+            &mut errors,
+            "amqp_stream_max_age",
+            file.amqp_stream_max_age.map(|v| v.parse()),
+        );
+        let file_history_memory = read(
+            &mut errors,
+            "history_memory",
+            file.history_memory.map(|v| v.parse()),
+        );
+        let forward_headers =
+            forward_headers(file.forward_headers, cli.forward_headers, &mut errors);
+        let file_amqp_url = read(
+            &mut errors,
+            "amqp_url",
+            file.amqp_url.map(|t| parse_amqp_url(&t)),
+        );
+        let file_redis_url = read(
+            &mut errors,
+            "redis_url",
+            file.redis_url.map(|t| parse_redis_url(&t)),
+        );
+        let file_stream_max_bytes = read(
+            &mut errors,
+            "amqp_stream_max_bytes",
+            file.amqp_stream_max_bytes.map(|v| v.parse()),
+        );
 
-        let file_api_url = file.api_url.and_then(|text| {
-            text.parse::<ApiUrl>()
-                .map_err(|e| errors.push(format!("api_url: {e}")))
-                .ok()
-        });
-        let mut duration = |field: &str, value: Option<DurationValue>| -> Option<Duration> {
-            value?
-                .parse()
-                .map_err(|e| errors.push(format!("{field}: {e}")))
-                .ok()
-        };
-        let file_idle = duration("idle_timeout", file.idle_timeout);
-        let file_backend_timeout = duration("backend_timeout", file.backend_timeout);
-        let file_summary = duration("log_summary_interval", file.log_summary_interval);
-        let file_history_ttl = duration("history_ttl", file.history_ttl);
-        let file_stream_max_age = duration("amqp_stream_max_age", file.amqp_stream_max_age);
-        let file_history_memory = file.history_memory.and_then(|size| {
-            size.parse()
-                .map_err(|e| errors.push(format!("history_memory: {e}")))
-                .ok()
-        });
-
-        let mut forward_headers: Vec<HeaderRule> = Vec::new();
-        for (i, rule) in file.forward_headers.into_iter().enumerate() {
-            match HeaderRule::try_from(rule) {
-                Ok(rule) => forward_headers.push(rule),
-                Err(e) => errors.push(format!("forward_headers[{i}]: {e}")),
-            }
-        }
-        // Flags and environment come after the file's rules, so they override by name.
-        forward_headers.extend(cli.forward_headers);
-
-        let mut url =
-            |field: &str, text: Option<String>, check: fn(&str) -> Result<String, String>| {
-                text.and_then(|text| {
-                    check(&text)
-                        .map_err(|e| errors.push(format!("{field}: {e}")))
-                        .ok()
-                })
-            };
-        let file_amqp_url = url("amqp_url", file.amqp_url, parse_amqp_url);
-        let file_redis_url = url("redis_url", file.redis_url, parse_redis_url);
-        let amqp_exchange = cli.amqp_exchange.or(file.amqp_exchange);
-        let amqp_publish =
-            cli.amqp_publish_http_triggers || file.amqp_publish_http_triggers.unwrap_or(false);
-        let file_stream_max_bytes = file.amqp_stream_max_bytes.and_then(|size| {
-            size.parse()
-                .map_err(|e| errors.push(format!("amqp_stream_max_bytes: {e}")))
-                .ok()
-        });
-        let stream_max_age = cli.amqp_stream_max_age.or(file_stream_max_age);
-        let stream_max_bytes = cli.amqp_stream_max_bytes.or(file_stream_max_bytes);
-        let stream = match cli.amqp_stream.or(file.amqp_stream) {
-            Some(name) => Some(StreamSettings {
-                name,
-                max_age: stream_max_age.unwrap_or(DEFAULT_AMQP_STREAM_MAX_AGE),
-                max_bytes: stream_max_bytes
-                    .map_or(DEFAULT_AMQP_STREAM_MAX_BYTES, |bytes| bytes as u64),
-            }),
-            None => {
-                if stream_max_age.is_some() {
-                    errors.push("amqp_stream_max_age: needs amqp_stream".to_string());
-                }
-                if stream_max_bytes.is_some() {
-                    errors.push("amqp_stream_max_bytes: needs amqp_stream".to_string());
-                }
-                None
-            }
-        };
-        let amqp = match cli.amqp_url.or(file_amqp_url) {
-            Some(url) => Some(AmqpSettings {
-                url,
-                exchange: amqp_exchange.unwrap_or_else(|| DEFAULT_AMQP_EXCHANGE.to_string()),
-                // With a stream, /trigger/ must go through the exchange to get a position.
-                publish_http_triggers: amqp_publish || stream.is_some(),
-                stream,
-            }),
-            None => {
-                if amqp_exchange.is_some() {
-                    errors.push("amqp_exchange: needs amqp_url".to_string());
-                }
-                if amqp_publish {
-                    errors.push("amqp_publish_http_triggers: needs amqp_url".to_string());
-                }
-                if stream.is_some() {
-                    errors.push("amqp_stream: needs amqp_url".to_string());
-                }
-                None
-            }
-        };
-        let redis_channel = cli.redis_channel.or(file.redis_channel);
-        let redis = match cli.redis_url.or(file_redis_url) {
-            Some(url) => Some(RedisSettings {
-                url,
-                channel: redis_channel.unwrap_or_else(|| DEFAULT_REDIS_CHANNEL.to_string()),
-            }),
-            None => {
-                if redis_channel.is_some() {
-                    errors.push("redis_channel: needs redis_url".to_string());
-                }
-                None
-            }
-        };
+        let stream = stream_settings(
+            cli.amqp_stream.or(file.amqp_stream),
+            cli.amqp_stream_max_age.or(file_stream_max_age),
+            cli.amqp_stream_max_bytes.or(file_stream_max_bytes),
+            &mut errors,
+        );
+        let amqp = amqp_settings(
+            cli.amqp_url.or(file_amqp_url),
+            cli.amqp_exchange.or(file.amqp_exchange),
+            cli.amqp_publish_http_triggers || file.amqp_publish_http_triggers.unwrap_or(false),
+            stream,
+            &mut errors,
+        );
+        let redis = redis_settings(
+            cli.redis_url.or(file_redis_url),
+            cli.redis_channel.or(file.redis_channel),
+            &mut errors,
+        );
 
         let config = Config {
-            listen: cli.listen.or(file_listen).unwrap_or(defaults.listen),
+            listen: layered(cli.listen, file_listen, defaults.listen),
             internal_listen: cli.internal_listen.or(file_internal),
             backend: BackendSettings {
                 api_url: cli.api_url.or(file_api_url),
                 api_socket: cli.api_socket.or(file.api_socket),
                 api_ca_file: cli.api_ca_file.or(file.api_ca_file),
-                timeout: cli
-                    .backend_timeout
-                    .or(file_backend_timeout)
-                    .unwrap_or(defaults.backend.timeout),
+                timeout: layered(
+                    cli.backend_timeout,
+                    file_backend_timeout,
+                    defaults.backend.timeout,
+                ),
                 forward_headers,
                 on_connect: cli.on_connect.or(file.on_connect),
                 on_disconnect: cli.on_disconnect.or(file.on_disconnect),
                 on_ping: cli.on_ping.or(file.on_ping),
             },
             trigger_token: cli.trigger_token.or(file.trigger_token),
-            log_summary_interval: Some(
-                cli.log_summary_interval
-                    .or(file_summary)
-                    .unwrap_or(DEFAULT_LOG_SUMMARY_INTERVAL),
-            )
+            log_summary_interval: Some(layered(
+                cli.log_summary_interval,
+                file_summary,
+                DEFAULT_LOG_SUMMARY_INTERVAL,
+            ))
             .filter(|every| !every.is_zero()),
-            idle_timeout: cli
-                .idle_timeout
-                .or(file_idle)
-                .unwrap_or(defaults.idle_timeout),
-            max_message_size: cli
-                .max_message_size
-                .or(file.max_message_size)
-                .unwrap_or(defaults.max_message_size),
-            outgoing_queue: cli
-                .outgoing_queue
-                .or(file.outgoing_queue)
-                .unwrap_or(defaults.outgoing_queue),
-            outgoing_queue_bytes: cli
-                .outgoing_queue_bytes
-                .or(file.outgoing_queue_bytes)
-                .unwrap_or(defaults.outgoing_queue_bytes),
-            max_trigger_body: cli
-                .max_trigger_body
-                .or(file.max_trigger_body)
-                .unwrap_or(defaults.max_trigger_body),
+            idle_timeout: layered(cli.idle_timeout, file_idle, defaults.idle_timeout),
+            max_message_size: layered(
+                cli.max_message_size,
+                file.max_message_size,
+                defaults.max_message_size,
+            ),
+            outgoing_queue: layered(
+                cli.outgoing_queue,
+                file.outgoing_queue,
+                defaults.outgoing_queue,
+            ),
+            outgoing_queue_bytes: layered(
+                cli.outgoing_queue_bytes,
+                file.outgoing_queue_bytes,
+                defaults.outgoing_queue_bytes,
+            ),
+            max_trigger_body: layered(
+                cli.max_trigger_body,
+                file.max_trigger_body,
+                defaults.max_trigger_body,
+            ),
             max_batch: defaults.max_batch,
             history: HistoryLimits {
-                ttl: cli
-                    .history_ttl
-                    .or(file_history_ttl)
-                    .unwrap_or(defaults.history.ttl),
-                memory: cli
-                    .history_memory
-                    .or(file_history_memory)
-                    .unwrap_or(defaults.history.memory),
+                ttl: layered(cli.history_ttl, file_history_ttl, defaults.history.ttl),
+                memory: layered(
+                    cli.history_memory,
+                    file_history_memory,
+                    defaults.history.memory,
+                ),
             },
             policy: Policy::merge(cli.policy, file.limits, file.security, &mut errors),
             // A flag can only switch these on: a bare `--demo` has no "off" form.
@@ -600,5 +554,116 @@ impl Config {
             on_disconnect: b.on_disconnect.clone(),
             on_ping: b.on_ping.clone(),
         })
+    }
+}
+
+/// A file's value, parsed; an error is reported under `field` and the value left out.
+fn read<T, E: std::fmt::Display>(
+    errors: &mut Vec<String>,
+    field: &str,
+    value: Option<Result<T, E>>,
+) -> Option<T> {
+    value?
+        .map_err(|e| errors.push(format!("{field}: {e}")))
+        .ok()
+}
+
+/// An address (`listen`, `internal_listen`) as the file gives it.
+fn address(text: String) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?} is not an address: {e}"))
+}
+
+/// The header rules: the file's, then the flags' and environment's (later rules override
+/// earlier ones by name).
+fn forward_headers(
+    file: Vec<HeaderRuleToml>,
+    flags: Vec<HeaderRule>,
+    errors: &mut Vec<String>,
+) -> Vec<HeaderRule> {
+    let mut rules: Vec<HeaderRule> = Vec::new();
+    for (i, rule) in file.into_iter().enumerate() {
+        match HeaderRule::try_from(rule) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => errors.push(format!("forward_headers[{i}]: {e}")),
+        }
+    }
+    rules.extend(flags);
+    rules
+}
+
+/// `amqp_stream` and its retention; the retention settings alone are an error.
+fn stream_settings(
+    name: Option<String>,
+    max_age: Option<Duration>,
+    max_bytes: Option<usize>,
+    errors: &mut Vec<String>,
+) -> Option<StreamSettings> {
+    match name {
+        Some(name) => Some(StreamSettings {
+            name,
+            max_age: max_age.unwrap_or(DEFAULT_AMQP_STREAM_MAX_AGE),
+            max_bytes: max_bytes.map_or(DEFAULT_AMQP_STREAM_MAX_BYTES, |bytes| bytes as u64),
+        }),
+        None => {
+            if max_age.is_some() {
+                errors.push("amqp_stream_max_age: needs amqp_stream".to_string());
+            }
+            if max_bytes.is_some() {
+                errors.push("amqp_stream_max_bytes: needs amqp_stream".to_string());
+            }
+            None
+        }
+    }
+}
+
+/// The RabbitMQ source when `amqp_url` is set; its other settings alone are an error.
+fn amqp_settings(
+    url: Option<String>,
+    exchange: Option<String>,
+    publish_http_triggers: bool,
+    stream: Option<StreamSettings>,
+    errors: &mut Vec<String>,
+) -> Option<AmqpSettings> {
+    match url {
+        Some(url) => Some(AmqpSettings {
+            url,
+            exchange: exchange.unwrap_or_else(|| DEFAULT_AMQP_EXCHANGE.to_string()),
+            // With a stream, /trigger/ must go through the exchange to get a position.
+            publish_http_triggers: publish_http_triggers || stream.is_some(),
+            stream,
+        }),
+        None => {
+            if exchange.is_some() {
+                errors.push("amqp_exchange: needs amqp_url".to_string());
+            }
+            if publish_http_triggers {
+                errors.push("amqp_publish_http_triggers: needs amqp_url".to_string());
+            }
+            if stream.is_some() {
+                errors.push("amqp_stream: needs amqp_url".to_string());
+            }
+            None
+        }
+    }
+}
+
+/// The Redis source when `redis_url` is set; a channel alone is an error.
+fn redis_settings(
+    url: Option<String>,
+    channel: Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<RedisSettings> {
+    match url {
+        Some(url) => Some(RedisSettings {
+            url,
+            channel: channel.unwrap_or_else(|| DEFAULT_REDIS_CHANNEL.to_string()),
+        }),
+        None => {
+            if channel.is_some() {
+                errors.push("redis_channel: needs redis_url".to_string());
+            }
+            None
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::policy::Policy;
+use crate::config::policy::Policy;
 
 /// Frames per connection, as a token bucket: `rate` tokens a second up to `burst`.
 pub(super) struct TokenBucket {

@@ -32,7 +32,7 @@ use crate::outbox::{close_code, CloseReason, Outbox, QueueBound, SLOW_CLIENT};
 use crate::protocol::answer;
 use crate::stats::Stats;
 use crate::sweeper::SERVER_SHUTDOWN;
-use session::Session;
+use session::{Session, NOT_AUTHORIZED};
 use socket::{Incoming, Io, ReadEnd, Socket};
 
 /// How long we wait for the client's close frame after sending ours, before dropping the
@@ -48,11 +48,6 @@ const CLIENT_CLOSED: CloseReason = CloseReason {
 const BACKEND_UNAVAILABLE: CloseReason = CloseReason {
     code: close_code::TRY_AGAIN_LATER,
     reason: "backend-unavailable",
-};
-
-const NOT_AUTHORIZED: CloseReason = CloseReason {
-    code: close_code::NORMAL,
-    reason: "not-authorized",
 };
 
 /// Client messages are JSON text; a binary message is refused (README, "Limits").
@@ -90,7 +85,7 @@ pub(crate) async fn run<G: Send>(
         let Some(mut open) = Box::pin(open(io, &request, &shared)).await else {
             return;
         };
-        let Some(registration) = shared.registry.register(&open.session.outbox) else {
+        let Some(registration) = shared.registry.register(open.session.outbox()) else {
             // The node began shutting down during the bootstrap.
             let finish =
                 open.socket
@@ -171,7 +166,7 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
 
 /// The closing handshake after `end`; the reason the connection closed.
 async fn close(mut open: Open, end: ReadEnd, stats: &Stats) -> CloseReason {
-    let outbox = open.session.outbox.clone();
+    let outbox = open.session.outbox().clone();
     match end {
         ReadEnd::Closing => {
             let reason = outbox.close_reason().unwrap_or(CLIENT_CLOSED);
@@ -201,7 +196,7 @@ async fn close(mut open: Open, end: ReadEnd, stats: &Stats) -> CloseReason {
 
 /// The connection's loop: output first, then input, until one of them ends it.
 async fn serve(socket: &mut Socket, session: &mut Session, stats: &Stats) -> ReadEnd {
-    let outbox = session.outbox.clone();
+    let outbox = session.outbox().clone();
     poll_fn(|cx| {
         outbox.register(cx);
         loop {

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::node::Node;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Publish};
 use crate::protocol::{self, Trigger};
 use crate::room::Room;
 use crate::sequencer::Replay;
@@ -77,7 +77,11 @@ impl Recoveries {
         while let Some(recovery) = self.active.last_mut() {
             loop {
                 while let Some(trigger) = recovery.pending.front() {
-                    if !outbox.push_replayed(&trigger.publish(&recovery.request_id_json, true)) {
+                    if !outbox.push_replayed(&Publish::new(
+                        trigger,
+                        &recovery.request_id_json,
+                        true,
+                    )) {
                         return queued;
                     }
                     recovery.cursor = trigger.position;

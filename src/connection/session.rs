@@ -13,11 +13,11 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 
 use super::recovery::Recoveries;
-use super::{spawn_hook, Hook, NOT_AUTHORIZED};
+use super::{spawn_hook, Hook};
 use crate::backend::{BackendError, ConnectRequest};
 use crate::hub::{Subscriber, SubscriptionId};
 use crate::node::Node;
-use crate::outbox::Outbox;
+use crate::outbox::{close_code, CloseReason, Outbox};
 use crate::protocol::{self, answer, ClientMessage, Positions};
 use crate::room::{AllowedRooms, Room};
 use crate::stats::Stats;
@@ -25,13 +25,20 @@ use crate::stats::Stats;
 type Reauthorisation =
     Pin<Box<dyn Future<Output = Result<Option<AllowedRooms>, BackendError>> + Send>>;
 
+/// The close of a connection the backend no longer authorises (at the start, or on a
+/// re-authorisation).
+pub(super) const NOT_AUTHORIZED: CloseReason = CloseReason {
+    code: close_code::NORMAL,
+    reason: "not-authorized",
+};
+
 pub(super) struct Session {
-    pub shared: Arc<Node>,
-    pub request: Arc<ConnectRequest>,
-    pub outbox: Outbox,
-    pub allowed: AllowedRooms,
+    shared: Arc<Node>,
+    request: Arc<ConnectRequest>,
+    outbox: Outbox,
+    allowed: AllowedRooms,
     /// This connection's subscriptions by requestId.
-    pub subscriptions: HashMap<String, (SubscriptionId, Room)>,
+    subscriptions: HashMap<String, (SubscriptionId, Room)>,
     /// Subscriptions being sent what they missed.
     recoveries: Recoveries,
     /// The backend call of a re-authorisation in progress. Boxed: it is rare and large, and
@@ -57,11 +64,16 @@ impl Session {
         }
     }
 
+    /// The connection's outbox: where its answers and publish frames queue.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// Handles one text message from the client.
     pub fn on_text(&mut self, text: &str) {
         let stats = &self.shared.stats;
         Stats::incr(&stats.ws_messages_received);
-        self.outbox.active(crate::sweeper::now_ms());
+        self.outbox.active(crate::clock::now_ms());
         let policy = &self.shared.config.policy;
         let message = ClientMessage::parse(text, &policy.room_limits);
         let status;

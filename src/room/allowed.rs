@@ -24,7 +24,24 @@ use serde_json::Value;
 use super::{Room, RoomLimits, WILDCARD};
 use bytes::Bytes;
 
-use crate::protocol;
+/// What the first frame of an authorised connection holds around its allowed rooms: the text
+/// `json!({"is_authorized": true, "allowed_rooms": list})` has always given (keys sorted).
+const AUTHORIZED_HEAD: &str = r#"{"allowed_rooms":"#;
+const AUTHORIZED_TAIL: &str = r#","is_authorized":true}"#;
+
+/// The first frame of an authorised connection, around `allowed_rooms`: the list's JSON text as
+/// `serde_json` writes it. Built once per distinct list ([`AllowedLists`]).
+fn authorized(allowed_rooms: &str) -> String {
+    [AUTHORIZED_HEAD, allowed_rooms, AUTHORIZED_TAIL].concat()
+}
+
+/// The allowed rooms' text inside a frame built by [`authorized`].
+fn allowed_rooms_of(first_frame: &str) -> &str {
+    first_frame
+        .strip_prefix(AUTHORIZED_HEAD)
+        .and_then(|rest| rest.strip_suffix(AUTHORIZED_TAIL))
+        .unwrap_or(first_frame)
+}
 
 /// The rooms a connection may subscribe to, as the backend gave them. Cloning shares them.
 #[derive(Clone)]
@@ -152,7 +169,7 @@ impl List {
     fn source(&self) -> &str {
         match &self.source {
             Some(source) => source,
-            None => protocol::allowed_rooms_of(&self.first_frame),
+            None => allowed_rooms_of(&self.first_frame),
         }
     }
 }
@@ -231,7 +248,7 @@ impl Builder {
                 (shape, patterns)
             })
             .collect();
-        let first_frame: Arc<str> = protocol::authorized(&text).into();
+        let first_frame: Arc<str> = authorized(&text).into();
         Some(List {
             first_payload: Bytes::from_owner(Text(first_frame.clone())),
             first_frame,
@@ -462,6 +479,17 @@ impl Drop for Turn<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn first_frame_is_the_text_it_has_always_been() {
+        let list = json!([{"target": "message", "customer": "1"}, {"b": 1.5, "a": [null]}]);
+        let frame = authorized(&list.to_string());
+        assert_eq!(
+            frame,
+            json!({"is_authorized": true, "allowed_rooms": list}).to_string()
+        );
+        assert_eq!(allowed_rooms_of(&frame), list.to_string());
+    }
 
     fn room(value: Value) -> Room {
         Room::parse(&value, &RoomLimits::default()).expect("valid room")

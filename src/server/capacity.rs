@@ -6,7 +6,7 @@
 
 use std::io;
 
-use crate::policy::Policy;
+use crate::config::policy::Policy;
 
 /// Descriptors the node holds besides its sockets to clients and the backend: stdio (3), the
 /// runtime's epoll instances and waker (3), the signal socket pair (3), two listeners and a

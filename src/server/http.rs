@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::node::Node;
 use crate::protocol::Trigger;
 use crate::stats::{Stats, TriggerSource};
 
@@ -27,15 +26,16 @@ pub(super) async fn trigger_handler(
             );
         }
     }
-    accept_triggers(&state.shared, &body).await
+    accept_triggers(&state, &body).await
 }
 
 /// Parses a `/trigger/` body (one trigger or a list) and publishes it: the part shared by the
 /// token-protected route and the demo's open one.
-pub(crate) async fn accept_triggers(shared: &Node, body: &[u8]) -> Response {
+pub(crate) async fn accept_triggers(state: &AppState, body: &[u8]) -> Response {
+    let shared = &state.shared;
     let config = &shared.config;
     match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
-        Ok(triggers) => match &shared.amqp_publisher {
+        Ok(triggers) => match &state.amqp_publisher {
             Some(publisher) => match publisher.publish(body).await {
                 Ok(published) => Json(json!({"published": published})).into_response(),
                 Err(problem) => {

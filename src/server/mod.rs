@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 mod capacity;
 mod conn;
+mod demo;
 mod http;
 mod intake;
 mod listener;
@@ -32,7 +33,7 @@ mod pending;
 mod websocket;
 
 pub use capacity::{Capacity, FIXED_RESERVE, MAX_PENDING_SOCKETS};
-pub(crate) use http::accept_triggers;
+use http::accept_triggers;
 use http::{metrics_handler, ready_handler, status_handler, trigger_handler};
 use intake::Intake;
 use listener::ClosableListener;
@@ -43,7 +44,7 @@ use websocket::ws_handler;
 use crate::admission::Admission;
 use crate::backend::{Backend, BackendGate, HttpBackend};
 use crate::config::Config;
-use crate::demo::{self, DemoBackend};
+use crate::demo::DemoBackend;
 use crate::hub::Hub;
 use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
@@ -51,7 +52,7 @@ use crate::sequencer::Sequencer;
 use crate::sources;
 use crate::sources::amqp::{AmqpEngine, Publisher};
 use crate::sources::redis::RedisEngine;
-use crate::sources::stream::StreamStatus;
+use crate::stats::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
 use crate::sweeper::{Registry, Timers};
 
@@ -137,7 +138,12 @@ impl Server {
             .amqp
             .as_ref()
             .and_then(|amqp| amqp.stream.as_ref())
-            .map(|stream| Arc::new(StreamStatus::new(&stream.name)));
+            .map(|stream| {
+                Arc::new(StreamStatus::new(
+                    &stream.name,
+                    sources::stream::new_id("n"),
+                ))
+            });
         let shared = Arc::new(Node {
             stream,
             hub: Hub::new(),
@@ -154,7 +160,6 @@ impl Server {
             stats,
             backend,
             shutdown: CancellationToken::new(),
-            amqp_publisher,
             registry: Registry::new(Timers {
                 idle_timeout: self.config.idle_timeout,
                 ping_interval: policy.ws_ping_interval,
@@ -226,6 +231,7 @@ impl Server {
         let state = AppState {
             shared: shared.clone(),
             connections: connections.clone(),
+            amqp_publisher: amqp_publisher.clone(),
         };
         let intake = Intake::start().map_err(StartError::Intake)?;
         let mut servers = Vec::new();
@@ -273,7 +279,7 @@ impl Server {
                 })?;
             listen(listener, internal, None, true);
         }
-        let sources = start_sources(&shared, local_addr, &intake);
+        let sources = start_sources(&shared, local_addr, amqp_publisher, &intake);
         tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
         Ok(Handle {
             local_addr,
@@ -290,17 +296,17 @@ impl Server {
 }
 
 /// Spawns the configured broker sources on the intake thread; they stop on `shared.shutdown`.
+/// The AMQP source feeds `amqp_publisher` (the one `POST /trigger/` publishes through) when
+/// there is one.
 fn start_sources(
     shared: &Arc<Node>,
     local_addr: SocketAddr,
+    amqp_publisher: Option<Publisher>,
     intake: &Intake,
 ) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
     if let Some(amqp) = &shared.config.amqp {
-        let publisher = shared
-            .amqp_publisher
-            .clone()
-            .unwrap_or_else(|| Publisher::new(&amqp.exchange));
+        let publisher = amqp_publisher.unwrap_or_else(|| Publisher::new(&amqp.exchange));
         // Names this node in the broker's connection list.
         let name = format!("high-templar {} on {local_addr}", env!("CARGO_PKG_VERSION"));
         let mut engine = AmqpEngine::new(amqp.clone(), name, publisher);
@@ -406,4 +412,6 @@ impl Handle {
 pub(crate) struct AppState {
     pub shared: Arc<Node>,
     connections: TaskTracker,
+    /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
+    amqp_publisher: Option<Publisher>,
 }

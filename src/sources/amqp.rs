@@ -23,10 +23,11 @@ use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::value::RawValue;
 
-use super::stream::{self, StreamStatus};
+use super::stream;
 use super::{Engine, Link, SourceError};
 use crate::config::AmqpSettings;
 use crate::node::Node;
+use crate::stats::stream::StreamStatus;
 use crate::stats::TriggerSource;
 
 /// The routing key of the original's publishers and of our queue binding.

@@ -39,27 +39,16 @@ mod epoch;
 mod marker;
 mod session;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
-use serde_json::{json, Value};
 
 pub(crate) use self::session::Session;
 use super::SourceError;
-use crate::config::StreamSettings;
-use crate::sweeper::now_ms;
+use crate::config::{StreamSettings, AMQP_STREAM_SEGMENT_BYTES};
 
-/// The stream's segment size (`x-stream-max-segment-size-bytes`). Retention drops whole
-/// segments, oldest first, and never the one being written: the stream holds its size bound
-/// plus up to one segment, and its age bound plus the time one segment takes to fill.
-/// RabbitMQ's default (500 MB) would make retention that coarse; 64 MiB fills in ~3 minutes at
-/// 1,000 triggers/s of ~300 bytes, hours at a few per second (then the stream keeps more than
-/// `amqp_stream_max_age`, which only costs disk up to the size bound).
-pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// How often a node publishes a mark: the epoch stays in the stream while any node runs
 /// (retention needs `amqp_stream_max_age` without one to drop them all), finding the epoch
 /// reads at most this long of triggers, and the lag is measured this often. Three nodes add
@@ -74,111 +63,9 @@ const WARM_START_MARGIN: Duration = Duration::from_secs(30);
 /// them): beyond that the node is so far behind that the oldest one says enough.
 const MAX_UNREAD_MARKS: usize = 144;
 
-/// Values of [`StreamStatus::state`].
-const COLD: u8 = 0;
-const WARMING: u8 = 1;
-const WARM: u8 = 2;
-
 /// A random id: `s…` an epoch, `p…` a probe, `n…` a node.
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Where the node stands in the stream: what it resumes from, and what status, `/readyz` and
-/// `/metrics` show. Plain atomics, and one short lock for the cursor (never across `.await`).
-#[derive(Debug)]
-pub struct StreamStatus {
-    pub name: String,
-    /// Names this node's marks, so it recognises its own when it reads them back.
-    node_id: String,
-    /// The epoch the node holds, and the last stream offset it took in within it.
-    cursor: Mutex<Option<(Arc<str>, Option<u64>)>>,
-    state: AtomicU8,
-    /// The last (or running) warm-up: messages read, and how long it took (ms).
-    warm_read: AtomicU64,
-    warm_ms: AtomicU64,
-    /// Messages read to find the epoch, at the last connection.
-    epoch_read: AtomicU64,
-    /// When the oldest of the node's marks not yet read back was published (ms); 0: none.
-    oldest_unread_mark: AtomicU64,
-    pub epoch_changes: AtomicU64,
-    /// Times the stream no longer held what the node had not read yet.
-    pub losses: AtomicU64,
-}
-
-impl StreamStatus {
-    pub fn new(name: &str) -> StreamStatus {
-        StreamStatus {
-            name: name.to_string(),
-            node_id: new_id("n"),
-            cursor: Mutex::new(None),
-            state: AtomicU8::new(COLD),
-            warm_read: AtomicU64::new(0),
-            warm_ms: AtomicU64::new(0),
-            epoch_read: AtomicU64::new(0),
-            oldest_unread_mark: AtomicU64::new(0),
-            epoch_changes: AtomicU64::new(0),
-            losses: AtomicU64::new(0),
-        }
-    }
-
-    fn cursor(&self) -> std::sync::MutexGuard<'_, Option<(Arc<str>, Option<u64>)>> {
-        self.cursor.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether the node's history is warm: it holds the stream's last ttl (`/readyz`).
-    pub fn is_warm(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == WARM
-    }
-
-    /// The stream offset the node last took in, when it holds `epoch`.
-    fn resume_point(&self, epoch: &str) -> Option<u64> {
-        match &*self.cursor() {
-            Some((held, offset)) if **held == *epoch => *offset,
-            _ => None,
-        }
-    }
-
-    /// How far behind the tail the node reads, in ms: the age of its oldest mark not yet read
-    /// back (0 when it has read them all).
-    pub fn lag_ms(&self) -> u64 {
-        match self.oldest_unread_mark.load(Ordering::Relaxed) {
-            0 => 0,
-            sent => now_ms().saturating_sub(sent),
-        }
-    }
-
-    /// The last stream offset taken in, if any.
-    pub fn offset(&self) -> Option<u64> {
-        self.cursor().as_ref().and_then(|(_, offset)| *offset)
-    }
-
-    /// The status object's `stream` entry.
-    pub fn status(&self, connected: bool) -> Value {
-        let (epoch, offset) = match &*self.cursor() {
-            Some((epoch, offset)) => (Some(epoch.to_string()), *offset),
-            None => (None, None),
-        };
-        let state = match self.state.load(Ordering::Relaxed) {
-            COLD => "cold",
-            WARMING => "warming",
-            _ => "warm",
-        };
-        json!({
-            "name": self.name,
-            "epoch": epoch,
-            "offset": offset,
-            "lag_ms": connected.then(|| self.lag_ms()),
-            "warm_up": {
-                "state": state,
-                "read": self.warm_read.load(Ordering::Relaxed),
-                "ms": self.warm_ms.load(Ordering::Relaxed),
-            },
-            "epoch_read": self.epoch_read.load(Ordering::Relaxed),
-            "epoch_changes": self.epoch_changes.load(Ordering::Relaxed),
-            "losses": self.losses.load(Ordering::Relaxed),
-        })
-    }
 }
 
 /// Declares the stream with the configured retention. A stream that exists with other
@@ -199,7 +86,7 @@ async fn declare(
     arguments.insert("x-max-length-bytes".into(), bytes(settings.max_bytes));
     arguments.insert(
         "x-stream-max-segment-size-bytes".into(),
-        bytes(SEGMENT_BYTES),
+        bytes(AMQP_STREAM_SEGMENT_BYTES),
     );
     let durable = QueueDeclareOptions {
         durable: true,

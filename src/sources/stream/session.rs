@@ -12,17 +12,15 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
 use super::marker::{stream_offset, Marker};
-use super::{
-    declare, epoch, new_id, StreamStatus, MARK_INTERVAL, MAX_UNREAD_MARKS, WARM, WARMING,
-    WARM_START_MARGIN,
-};
+use super::{declare, epoch, new_id, MARK_INTERVAL, MAX_UNREAD_MARKS, WARM_START_MARGIN};
+use crate::clock::now_ms;
 use crate::config::StreamSettings;
 use crate::history::History;
 use crate::node::Node;
 use crate::protocol::Trigger;
 use crate::sources::amqp::{AckBatch, ACK_INTERVAL, PREFETCH, ROUTING_KEY};
 use crate::sources::{Link, SourceError};
-use crate::sweeper::now_ms;
+use crate::stats::stream::{StreamStatus, WARM, WARMING};
 
 /// One session's reading of the stream (see the module doc).
 pub(crate) struct Session<'a> {

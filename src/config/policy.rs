@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use super::parse::parse_duration;
 use crate::proxy::TrustedProxies;
 use crate::room::RoomLimits;
 
@@ -44,7 +44,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// header bytes (slowloris) holds a descriptor for this long at most.
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Limit and security flags; flattened into [`crate::config::Cli`].
+/// Limit and security flags; flattened into [`super::Cli`].
 #[derive(Debug, Default, clap::Args)]
 pub struct PolicyCli {
     /// Origins allowed to open websockets, comma-separated; patterns like https://*.example.com;
@@ -249,21 +249,7 @@ impl Policy {
         let file_grace = duration("shutdown_grace", security.shutdown_grace);
         let file_head = duration("request_head_timeout", security.request_head_timeout);
 
-        let origins = if cli.allowed_origins.is_empty() {
-            security.allowed_origins.unwrap_or_default()
-        } else {
-            cli.allowed_origins
-        };
-        let origins: Vec<String> = origins
-            .into_iter()
-            .map(|o| o.trim().to_string())
-            .filter(|o| !o.is_empty())
-            .collect();
-        for origin in &origins {
-            if let Err(e) = check_origin_pattern(origin) {
-                errors.push(format!("allowed_origins: {e}"));
-            }
-        }
+        let allowed_origins = origins(cli.allowed_origins, security.allowed_origins, errors);
         if cli.client_ip_header.or(security.client_ip_header).is_some() {
             errors.push(
                 "client_ip_header: replaced by trusted_proxies (--trusted-proxies): \
@@ -272,75 +258,63 @@ impl Policy {
                     .to_string(),
             );
         }
-        let trusted_proxies = match cli.trusted_proxies.or(security.trusted_proxies) {
-            None => d.trusted_proxies.clone(),
-            Some(entries) => TrustedProxies::parse(&entries).unwrap_or_else(|e| {
-                errors.push(format!("trusted_proxies: {e}"));
-                d.trusted_proxies.clone()
-            }),
-        };
-        let tls = match (
-            cli.tls_cert.or(security.tls_cert),
-            cli.tls_key.or(security.tls_key),
-        ) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => {
-                errors.push("tls_cert: tls_cert and tls_key go together".to_string());
-                None
-            }
-        };
-        let ping = cli
-            .ws_ping_interval
-            .or(file_ping)
-            .unwrap_or(DEFAULT_WS_PING_INTERVAL);
+        let ping = layered(cli.ws_ping_interval, file_ping, DEFAULT_WS_PING_INTERVAL);
         let policy = Policy {
-            allowed_origins: origins,
-            max_subscriptions: cli
-                .max_subscriptions
-                .or(limits.max_subscriptions)
-                .unwrap_or(d.max_subscriptions),
-            messages_per_second: cli
-                .messages_per_second
-                .or(limits.messages_per_second)
-                .unwrap_or(d.messages_per_second),
-            message_burst: cli
-                .message_burst
-                .or(limits.message_burst)
-                .unwrap_or(d.message_burst),
+            allowed_origins,
+            max_subscriptions: layered(
+                cli.max_subscriptions,
+                limits.max_subscriptions,
+                d.max_subscriptions,
+            ),
+            messages_per_second: layered(
+                cli.messages_per_second,
+                limits.messages_per_second,
+                d.messages_per_second,
+            ),
+            message_burst: layered(cli.message_burst, limits.message_burst, d.message_burst),
             close_flooders: cli.close_flooders || limits.close_flooders.unwrap_or(false),
             max_connections: cli.max_connections.or(limits.max_connections),
-            max_connections_per_ip: cli
-                .max_connections_per_ip
-                .or(limits.max_connections_per_ip)
-                .unwrap_or(d.max_connections_per_ip),
-            trusted_proxies,
-            request_head_timeout: cli
-                .request_head_timeout
-                .or(file_head)
-                .unwrap_or(d.request_head_timeout),
+            max_connections_per_ip: layered(
+                cli.max_connections_per_ip,
+                limits.max_connections_per_ip,
+                d.max_connections_per_ip,
+            ),
+            trusted_proxies: trusted_proxies(
+                cli.trusted_proxies.or(security.trusted_proxies),
+                d.trusted_proxies,
+                errors,
+            ),
+            request_head_timeout: layered(
+                cli.request_head_timeout,
+                file_head,
+                d.request_head_timeout,
+            ),
             room_limits: RoomLimits {
-                max_keys: cli
-                    .max_room_keys
-                    .or(limits.max_room_keys)
-                    .unwrap_or(d.room_limits.max_keys),
-                max_len: cli
-                    .max_room_value_len
-                    .or(limits.max_room_value_len)
-                    .unwrap_or(d.room_limits.max_len),
+                max_keys: layered(
+                    cli.max_room_keys,
+                    limits.max_room_keys,
+                    d.room_limits.max_keys,
+                ),
+                max_len: layered(
+                    cli.max_room_value_len,
+                    limits.max_room_value_len,
+                    d.room_limits.max_len,
+                ),
             },
-            max_concurrent_bootstraps: cli
-                .max_concurrent_bootstraps
-                .or(limits.max_concurrent_bootstraps)
-                .unwrap_or(d.max_concurrent_bootstraps),
+            max_concurrent_bootstraps: layered(
+                cli.max_concurrent_bootstraps,
+                limits.max_concurrent_bootstraps,
+                d.max_concurrent_bootstraps,
+            ),
             ws_ping_interval: Some(ping).filter(|p| !p.is_zero()),
             reauth_interval: cli.reauth_interval.or(file_reauth),
-            shutdown_grace: cli
-                .shutdown_grace
-                .or(file_grace)
-                .unwrap_or(d.shutdown_grace),
+            shutdown_grace: layered(cli.shutdown_grace, file_grace, d.shutdown_grace),
             status_enabled: !cli.disable_status && security.status_enabled.unwrap_or(true),
-            tls,
+            tls: tls_files(
+                cli.tls_cert.or(security.tls_cert),
+                cli.tls_key.or(security.tls_key),
+                errors,
+            ),
         };
         errors.extend(policy.problems());
         policy
@@ -382,6 +356,63 @@ impl Policy {
             errors.push("reauth_interval: must be at least 1s".to_string());
         }
         errors
+    }
+}
+
+/// A setting from its layers: the flag (or variable) over the file over the default.
+pub(super) fn layered<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+/// `allowed_origins`: the flags' list when given (it replaces the file's), trimmed, blanks
+/// dropped, each pattern checked.
+fn origins(flags: Vec<String>, file: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<String> {
+    let origins = if flags.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flags
+    };
+    let origins: Vec<String> = origins
+        .into_iter()
+        .map(|o| o.trim().to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    for origin in &origins {
+        if let Err(e) = check_origin_pattern(origin) {
+            errors.push(format!("allowed_origins: {e}"));
+        }
+    }
+    origins
+}
+
+/// `trusted_proxies`, or `default` when unset or unreadable (the error is reported).
+fn trusted_proxies(
+    entries: Option<Vec<String>>,
+    default: TrustedProxies,
+    errors: &mut Vec<String>,
+) -> TrustedProxies {
+    match entries {
+        None => default,
+        Some(entries) => TrustedProxies::parse(&entries).unwrap_or_else(|e| {
+            errors.push(format!("trusted_proxies: {e}"));
+            default
+        }),
+    }
+}
+
+/// `tls_cert` and `tls_key`: both or neither.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    errors: &mut Vec<String>,
+) -> Option<TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
+            errors.push("tls_cert: tls_cert and tls_key go together".to_string());
+            None
+        }
     }
 }
 
