@@ -15,6 +15,7 @@ use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::Trigger;
 use crate::room::AllowedRooms;
 use crate::sequencer::Sequencer;
+#[cfg(feature = "amqp")]
 use crate::sources::amqp::Publisher;
 use crate::sources::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
@@ -35,6 +36,7 @@ pub(crate) struct Node {
     /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
     pub shutdown: CancellationToken,
     /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
+    #[cfg(feature = "amqp")]
     pub amqp_publisher: Option<Publisher>,
     /// With `amqp_stream`: where the node stands in the shared stream.
     pub stream: Option<Arc<StreamStatus>>,
@@ -103,6 +105,7 @@ impl Node {
     }
 
     /// Takes in a trigger from the shared stream at `position` (the same on every node).
+    #[cfg(feature = "amqp")]
     pub(crate) fn publish_at(&self, trigger: Trigger, position: u64) {
         self.stats.trigger_received(TriggerSource::Amqp);
         if let Some(queued) = self.sequencer.publish_at(trigger, position, &self.hub) {

@@ -46,8 +46,9 @@ use crate::hub::Hub;
 use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
 use crate::sequencer::Sequencer;
-use crate::sources;
+#[cfg(feature = "amqp")]
 use crate::sources::amqp::{AmqpEngine, Publisher};
+#[cfg(feature = "redis")]
 use crate::sources::redis::RedisEngine;
 use crate::sources::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
@@ -72,6 +73,9 @@ pub enum StartError {
     Tls(String),
     #[error("{0}")]
     OpenFiles(String),
+    /// A broker is configured that this build has no engine for (`Config::missing_features`).
+    #[error("{0}")]
+    MissingFeature(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -103,6 +107,9 @@ impl Server {
     /// every socket is a descriptor, and most systems start processes at 1,024), binds the
     /// listeners and starts serving in the background.
     pub async fn start(self) -> Result<Handle, StartError> {
+        if let Some(missing) = self.config.missing_features().into_iter().next() {
+            return Err(StartError::MissingFeature(missing));
+        }
         let backend: Arc<dyn Backend> = match self.backend {
             Some(backend) => backend,
             None if self.config.demo => Arc::new(DemoBackend),
@@ -120,6 +127,7 @@ impl Server {
             Some(files) => Some(crate::tls::acceptor(files).map_err(StartError::Tls)?),
             None => None,
         };
+        #[cfg(feature = "amqp")]
         let amqp_publisher = match &self.config.amqp {
             // With a stream, HTTP triggers must go through the exchange to get a position,
             // whatever a hand-built config says.
@@ -150,6 +158,7 @@ impl Server {
             stats,
             backend,
             shutdown: CancellationToken::new(),
+            #[cfg(feature = "amqp")]
             amqp_publisher,
             registry: Registry::new(Timers {
                 idle_timeout: self.config.idle_timeout,
@@ -266,8 +275,17 @@ impl Server {
 }
 
 /// Spawns the configured broker sources; they stop on `shared.shutdown`.
+#[cfg_attr(
+    not(all(feature = "amqp", feature = "redis")),
+    allow(
+        unused_mut,
+        unused_variables,
+        reason = "an engine left out of the build starts nothing"
+    )
+)]
 fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
+    #[cfg(feature = "amqp")]
     if let Some(amqp) = &shared.config.amqp {
         let publisher = shared
             .amqp_publisher
@@ -279,11 +297,12 @@ fn start_sources(shared: &Arc<Node>, local_addr: SocketAddr) -> Vec<JoinHandle<(
         if let Some(stream) = &shared.stream {
             engine = engine.with_stream(shared.clone(), stream.clone());
         }
-        sources.push(tokio::spawn(sources::run(engine, shared.clone())));
+        sources.push(tokio::spawn(crate::sources::run(engine, shared.clone())));
     }
+    #[cfg(feature = "redis")]
     if let Some(redis) = &shared.config.redis {
         let engine = RedisEngine::new(redis.clone());
-        sources.push(tokio::spawn(sources::run(engine, shared.clone())));
+        sources.push(tokio::spawn(crate::sources::run(engine, shared.clone())));
     }
     sources
 }

@@ -9,8 +9,17 @@
 //! Bad messages (not JSON, no rooms, ...) are counted in `triggers_invalid` and logged at most
 //! once per kind per [`INVALID_LOG_INTERVAL`]: a misbehaving publisher cannot flood the logs,
 //! and is never fatal.
+//!
+//! Each engine is a cargo feature (`amqp`, `redis`); the stream's status (`stream`) is in
+//! every build, as status and `/metrics` read it.
+#![cfg_attr(
+    not(any(feature = "amqp", feature = "redis")),
+    allow(dead_code, reason = "a build without brokers has no engine to run")
+)]
 
+#[cfg(feature = "amqp")]
 pub(crate) mod amqp;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub mod stream;
 
@@ -38,8 +47,10 @@ pub const INVALID_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Why a session ended. The text goes to the log as it is: it never holds a URL.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SourceError {
+    #[cfg(feature = "amqp")]
     #[error("{0}")]
     Amqp(#[from] lapin::Error),
+    #[cfg(feature = "redis")]
     #[error("{0}")]
     Redis(#[from] ::redis::RedisError),
     #[error("{0}")]
@@ -210,6 +221,7 @@ impl Inbox {
     /// Parses a message body that must hold one trigger, as a stream message has one
     /// position: a trigger object, or a list of exactly one. A longer list is refused like
     /// any bad message (counted, logged), since its triggers would share one position.
+    #[cfg(feature = "amqp")]
     pub fn parse_one(&self, body: &[u8]) -> Option<Trigger> {
         let config = &self.shared.config;
         match Trigger::parse_batch(body, &config.policy.room_limits, 1) {
