@@ -39,6 +39,8 @@
 //!
 //! `main.rs` only parses the configuration and runs a [`Server`].
 
+#![forbid(unsafe_code)]
+
 mod admission;
 pub mod backend;
 mod clock;

@@ -1,5 +1,7 @@
 //! The `high-templar` binary: the library's [`Server`] with the default HTTP backend.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

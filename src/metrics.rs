@@ -16,263 +16,272 @@ use prometheus_client::registry::Registry;
 use crate::node::Node;
 use crate::stats::Stats;
 
+/// Every family of the exposition, in its order: its name (after `high_templar_`), its help
+/// text, and how a scrape reads it — `None` leaves the family out (a broker source or the
+/// shared stream that is not configured).
+const FAMILIES: &[(&str, &str, Read)] = &[
+    (
+        "connections",
+        "Open, authorised websocket connections",
+        |n| gauge(Stats::get(&n.stats.open_connections)),
+    ),
+    ("rooms", "Rooms with at least one subscription", |n| {
+        gauge(n.hub.num_rooms())
+    }),
+    ("subscriptions", "Subscriptions on this node", |n| {
+        gauge(n.hub.num_subscriptions())
+    }),
+    (
+        "allowed_room_lists",
+        "Distinct allowed-room lists held; connections given the same list share one",
+        |n| gauge(n.gate.allowed_lists().len()),
+    ),
+    (
+        "backend_circuit_closed",
+        "1 while the backend circuit breaker lets calls through",
+        |n| gauge(n.gate.is_closed()),
+    ),
+    ("triggers_received", "Triggers received, by source", |n| {
+        let s = &n.stats;
+        counter_by(
+            "source",
+            [
+                ("http", &s.triggers_http),
+                ("amqp", &s.triggers_amqp),
+                ("redis", &s.triggers_redis),
+                ("api", &s.triggers_api),
+            ],
+        )
+    }),
+    (
+        "amqp_connected",
+        "1 while connected to the AMQP broker (only when configured)",
+        |n| n.stats.amqp.connected().and_then(gauge),
+    ),
+    (
+        "redis_connected",
+        "1 while subscribed on Redis (only when configured)",
+        |n| n.stats.redis.connected().and_then(gauge),
+    ),
+    (
+        "trigger_source_connects",
+        "Broker sessions established, by source (more than 1: it reconnected)",
+        |n| {
+            let s = &n.stats;
+            counter_by(
+                "source",
+                [("amqp", &s.amqp.connects), ("redis", &s.redis.connects)],
+            )
+        },
+    ),
+    ("triggers_invalid", "Triggers refused as malformed", |n| {
+        counter(&n.stats.triggers_invalid)
+    }),
+    (
+        "client_messages_received",
+        "Text frames received from clients",
+        |n| counter(&n.stats.ws_messages_received),
+    ),
+    ("messages_sent", "Frames written to websockets", |n| {
+        counter(&n.stats.ws_messages_send)
+    }),
+    (
+        "messages_queued",
+        "Publish frames queued for websockets",
+        |n| counter(&n.stats.ws_messages_send_queued),
+    ),
+    (
+        "send_errors",
+        "Frames that could not be queued or written",
+        |n| counter(&n.stats.ws_messages_send_error),
+    ),
+    (
+        "slow_client_disconnects",
+        "Clients disconnected for not keeping up",
+        |n| counter(&n.stats.slow_client_disconnects),
+    ),
+    ("connections_opened", "Authorised websockets opened", |n| {
+        counter(&n.stats.connections_opened)
+    }),
+    ("connections_closed", "Authorised websockets closed", |n| {
+        counter(&n.stats.connections_closed)
+    }),
+    (
+        "connections_refused",
+        "Sockets refused or closed before becoming open websockets, by reason",
+        |n| counter_by("reason", n.stats.refusals()),
+    ),
+    ("limits_hit", "Client limits enforced, by limit", |n| {
+        let s = &n.stats;
+        counter_by(
+            "limit",
+            [
+                ("rate", &s.rate_limited),
+                ("subscriptions", &s.subscription_limit_hits),
+                ("frame_size", &s.frames_too_big),
+                ("ping_timeout", &s.ping_timeouts),
+            ],
+        )
+    }),
+    (
+        "backend_errors",
+        "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
+        |n| counter(&n.stats.backend_errors),
+    ),
+    ("history_entries", "Triggers held for recovery", |n| {
+        gauge(n.sequencer.sizes().1)
+    }),
+    (
+        "history_bytes",
+        "What the held triggers cost (payloads and index), against history_memory",
+        |n| gauge(n.sequencer.sizes().2),
+    ),
+    (
+        "recoveries",
+        "Resumes with since, by result (recovered, or why not)",
+        |n| {
+            let s = &n.stats;
+            counter_by(
+                "result",
+                [
+                    ("recovered", &s.recovered),
+                    ("epoch", &s.not_recovered_epoch),
+                    ("expired", &s.not_recovered_expired),
+                    ("future", &s.not_recovered_future),
+                    ("off", &s.not_recovered_off),
+                ],
+            )
+        },
+    ),
+    (
+        "replayed",
+        "Publish frames sent from the history by recoveries",
+        |n| counter(&n.stats.replayed),
+    ),
+    (
+        "gap_notices",
+        "Gap notices sent to subscriptions with positions that lost publishes",
+        |n| counter(&n.stats.gap_notices),
+    ),
+    (
+        "gap_drops",
+        "Publishes dropped for subscriptions with positions whose connection fell behind",
+        |n| counter(&n.stats.gap_drops),
+    ),
+    (
+        "stream_warm",
+        "1 once the history is warmed from the shared stream (amqp_stream)",
+        |n| gauge(n.stream.as_ref()?.is_warm()),
+    ),
+    (
+        "stream_offset",
+        "Last shared-stream offset taken in (-1: none yet)",
+        |n| match n.stream.as_ref()?.offset() {
+            Some(offset) => gauge(offset),
+            None => gauge(-1),
+        },
+    ),
+    (
+        "stream_lag_seconds",
+        "How far behind the shared stream's tail the node reads (age of its oldest unread mark)",
+        |n| {
+            Some(Reading::Seconds(
+                n.stream.as_ref()?.lag_ms() as f64 / 1000.0,
+            ))
+        },
+    ),
+    (
+        "stream_epoch_changes",
+        "Times the shared stream was found with another epoch (recreated)",
+        |n| counter(&n.stream.as_ref()?.epoch_changes),
+    ),
+    (
+        "stream_losses",
+        "Times the shared stream no longer held what the node had not read",
+        |n| counter(&n.stream.as_ref()?.losses),
+    ),
+    (
+        "reauth_unsubscribed",
+        "Subscriptions dropped by re-authorisation",
+        |n| counter(&n.stats.reauth_unsubscribed),
+    ),
+];
+
+/// How a scrape reads one family from the node; `None`: not shown on this node.
+type Read = fn(&Node) -> Option<Reading>;
+
+/// A family's value(s) at one scrape.
+enum Reading {
+    Gauge(i64),
+    /// A gauge in seconds, with its fraction.
+    Seconds(f64),
+    /// One counter, without labels.
+    Counter(u64),
+    /// One counter per value of the label `key` (a fixed set).
+    CounterBy(&'static str, Vec<(&'static str, u64)>),
+}
+
+/// A count or a flag as a gauge; a count past `i64::MAX` (never, in practice) stays there.
+fn gauge(value: impl TryInto<i64>) -> Option<Reading> {
+    Some(Reading::Gauge(value.try_into().unwrap_or(i64::MAX)))
+}
+
+fn counter(value: &AtomicU64) -> Option<Reading> {
+    Some(Reading::Counter(Stats::get(value)))
+}
+
+fn counter_by<const N: usize>(
+    key: &'static str,
+    values: [(&'static str, &AtomicU64); N],
+) -> Option<Reading> {
+    let values = values
+        .into_iter()
+        .map(|(label, value)| (label, Stats::get(value)))
+        .collect();
+    Some(Reading::CounterBy(key, values))
+}
+
 #[derive(Debug)]
 struct NodeCollector(Arc<Node>);
 
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    labelled: &[(&str, &str, &AtomicU64)],
-) -> std::fmt::Result {
-    let c = ConstCounter::new(0u64);
-    let mut metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
-    for (key, value, atomic) in labelled {
-        let counter = ConstCounter::new(Stats::get(atomic));
-        if key.is_empty() {
-            counter.encode(metric.encode_family(&Vec::<(String, String)>::new())?)?;
-        } else {
-            counter.encode(metric.encode_family(&[(*key, *value)])?)?;
-        }
-    }
-    Ok(())
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
-    let g = ConstGauge::new(value);
-    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
-}
-
 impl Collector for NodeCollector {
-    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        let shared = &self.0;
-        let s = &shared.stats;
-        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let to_i64_usize = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        gauge(
-            &mut e,
-            "connections",
-            "Open, authorised websocket connections",
-            to_i64(Stats::get(&s.open_connections)),
-        )?;
-        gauge(
-            &mut e,
-            "rooms",
-            "Rooms with at least one subscription",
-            to_i64_usize(shared.hub.num_rooms()),
-        )?;
-        gauge(
-            &mut e,
-            "subscriptions",
-            "Subscriptions on this node",
-            to_i64_usize(shared.hub.num_subscriptions()),
-        )?;
-        gauge(
-            &mut e,
-            "allowed_room_lists",
-            "Distinct allowed-room lists held; connections given the same list share one",
-            to_i64_usize(shared.gate.allowed_lists().len()),
-        )?;
-        gauge(
-            &mut e,
-            "backend_circuit_closed",
-            "1 while the backend circuit breaker lets calls through",
-            i64::from(shared.gate.is_closed()),
-        )?;
-        counter(
-            &mut e,
-            "triggers_received",
-            "Triggers received, by source",
-            &[
-                ("source", "http", &s.triggers_http),
-                ("source", "amqp", &s.triggers_amqp),
-                ("source", "redis", &s.triggers_redis),
-                ("source", "api", &s.triggers_api),
-            ],
-        )?;
-        for (name, help, source) in [
-            (
-                "amqp_connected",
-                "1 while connected to the AMQP broker (only when configured)",
-                &s.amqp,
-            ),
-            (
-                "redis_connected",
-                "1 while subscribed on Redis (only when configured)",
-                &s.redis,
-            ),
-        ] {
-            if let Some(connected) = source.connected() {
-                gauge(&mut e, name, help, i64::from(connected))?;
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for (name, help, read) in FAMILIES {
+            if let Some(reading) = read(&self.0) {
+                reading.encode(name, help, &mut encoder)?;
             }
         }
-        counter(
-            &mut e,
-            "trigger_source_connects",
-            "Broker sessions established, by source (more than 1: it reconnected)",
-            &[
-                ("source", "amqp", &s.amqp.connects),
-                ("source", "redis", &s.redis.connects),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "triggers_invalid",
-            "Triggers refused as malformed",
-            &[("", "", &s.triggers_invalid)],
-        )?;
-        counter(
-            &mut e,
-            "client_messages_received",
-            "Text frames received from clients",
-            &[("", "", &s.ws_messages_received)],
-        )?;
-        counter(
-            &mut e,
-            "messages_sent",
-            "Frames written to websockets",
-            &[("", "", &s.ws_messages_send)],
-        )?;
-        counter(
-            &mut e,
-            "messages_queued",
-            "Publish frames queued for websockets",
-            &[("", "", &s.ws_messages_send_queued)],
-        )?;
-        counter(
-            &mut e,
-            "send_errors",
-            "Frames that could not be queued or written",
-            &[("", "", &s.ws_messages_send_error)],
-        )?;
-        counter(
-            &mut e,
-            "slow_client_disconnects",
-            "Clients disconnected for not keeping up",
-            &[("", "", &s.slow_client_disconnects)],
-        )?;
-        counter(
-            &mut e,
-            "connections_opened",
-            "Authorised websockets opened",
-            &[("", "", &s.connections_opened)],
-        )?;
-        counter(
-            &mut e,
-            "connections_closed",
-            "Authorised websockets closed",
-            &[("", "", &s.connections_closed)],
-        )?;
-        let refusals = s
-            .refusals()
-            .map(|(reason, counter)| ("reason", reason, counter));
-        counter(
-            &mut e,
-            "connections_refused",
-            "Sockets refused or closed before becoming open websockets, by reason",
-            &refusals,
-        )?;
-        counter(
-            &mut e,
-            "limits_hit",
-            "Client limits enforced, by limit",
-            &[
-                ("limit", "rate", &s.rate_limited),
-                ("limit", "subscriptions", &s.subscription_limit_hits),
-                ("limit", "frame_size", &s.frames_too_big),
-                ("limit", "ping_timeout", &s.ping_timeouts),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "backend_errors",
-            "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
-            &[("", "", &s.backend_errors)],
-        )?;
-        let (_, entries, bytes) = shared.sequencer.sizes();
-        gauge(
-            &mut e,
-            "history_entries",
-            "Triggers held for recovery",
-            to_i64_usize(entries),
-        )?;
-        gauge(
-            &mut e,
-            "history_bytes",
-            "What the held triggers cost (payloads and index), against history_memory",
-            to_i64_usize(bytes),
-        )?;
-        counter(
-            &mut e,
-            "recoveries",
-            "Resumes with since, by result (recovered, or why not)",
-            &[
-                ("result", "recovered", &s.recovered),
-                ("result", "epoch", &s.not_recovered_epoch),
-                ("result", "expired", &s.not_recovered_expired),
-                ("result", "future", &s.not_recovered_future),
-                ("result", "off", &s.not_recovered_off),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "replayed",
-            "Publish frames sent from the history by recoveries",
-            &[("", "", &s.replayed)],
-        )?;
-        counter(
-            &mut e,
-            "gap_notices",
-            "Gap notices sent to subscriptions with positions that lost publishes",
-            &[("", "", &s.gap_notices)],
-        )?;
-        counter(
-            &mut e,
-            "gap_drops",
-            "Publishes dropped for subscriptions with positions whose connection fell behind",
-            &[("", "", &s.gap_drops)],
-        )?;
-        if let Some(stream) = &shared.stream {
-            gauge(
-                &mut e,
-                "stream_warm",
-                "1 once the history is warmed from the shared stream (amqp_stream)",
-                i64::from(stream.is_warm()),
-            )?;
-            gauge(
-                &mut e,
-                "stream_offset",
-                "Last shared-stream offset taken in (-1: none yet)",
-                stream.offset().map_or(-1, to_i64),
-            )?;
-            let lag = ConstGauge::new(stream.lag_ms() as f64 / 1000.0);
-            lag.encode(e.encode_descriptor(
-                "stream_lag_seconds",
-                "How far behind the shared stream's tail the node reads (age of its oldest \
-                 unread mark)",
-                None,
-                lag.metric_type(),
-            )?)?;
-            counter(
-                &mut e,
-                "stream_epoch_changes",
-                "Times the shared stream was found with another epoch (recreated)",
-                &[("", "", &stream.epoch_changes)],
-            )?;
-            counter(
-                &mut e,
-                "stream_losses",
-                "Times the shared stream no longer held what the node had not read",
-                &[("", "", &stream.losses)],
-            )?;
-        }
-        counter(
-            &mut e,
-            "reauth_unsubscribed",
-            "Subscriptions dropped by re-authorisation",
-            &[("", "", &s.reauth_unsubscribed)],
-        )?;
         Ok(())
+    }
+}
+
+impl Reading {
+    fn encode(&self, name: &str, help: &str, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        match self {
+            Reading::Gauge(value) => {
+                let gauge = ConstGauge::new(*value);
+                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+            }
+            Reading::Seconds(value) => {
+                let gauge = ConstGauge::new(*value);
+                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+            }
+            Reading::Counter(value) => {
+                let counter = ConstCounter::new(*value);
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+                counter.encode(family.encode_family(&Vec::<(String, String)>::new())?)
+            }
+            Reading::CounterBy(key, values) => {
+                let kind = ConstCounter::new(0u64).metric_type();
+                let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+                for (label, value) in values {
+                    let counter = ConstCounter::new(*value);
+                    counter.encode(family.encode_family(&[(*key, *label)])?)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 

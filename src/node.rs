@@ -100,6 +100,7 @@ impl Node {
     }
 
     /// Takes in a trigger from the shared stream at `position` (the same on every node).
+    #[cfg(feature = "amqp")]
     pub(crate) fn publish_at(&self, trigger: Trigger, position: u64) {
         self.stats.trigger_received(TriggerSource::Amqp);
         if let Some(queued) = self.sequencer.publish_at(trigger, position, &self.hub) {

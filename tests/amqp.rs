@@ -2,6 +2,8 @@
 //! original's publishers, several nodes, a lost broker connection, bad messages, and HTTP
 //! triggers published through the exchange.
 
+#![cfg(feature = "amqp")]
+
 mod common;
 
 use std::time::Duration;

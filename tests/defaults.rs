@@ -5,17 +5,19 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "amqp")]
 use common::brokers::{unique, with_amqp, AmqpPublisher};
 use common::{config_for, start, Client, Reply, TestBackend};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// high-templar 3.1's `tests/test_load.py`, on default settings: one socket subscribes to 1,500
 /// rooms back to back (each answer awaited), a second socket watches the status, then 1,500
 /// triggers go through RabbitMQ, each received before the next is sent.
+#[cfg(feature = "amqp")]
 #[tokio::test]
 async fn the_31_load_test_passes_on_defaults() {
     const NUM_ROOMS: usize = 1500;
-    let rooms: Vec<Value> = (0..NUM_ROOMS)
+    let rooms: Vec<serde_json::Value> = (0..NUM_ROOMS)
         .map(|i| json!({"target": "message", "customer": i.to_string()}))
         .collect();
     let backend = TestBackend::start(Reply::ok(json!({ "allowed_rooms": rooms }))).await;

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+#[cfg(feature = "amqp")]
 use common::brokers::{unique, with_amqp, AmqpPublisher};
 use common::*;
 use high_templar::Config;
@@ -143,6 +144,7 @@ async fn resuming_replays_exactly_what_was_missed_in_order_then_live() {
     assert_eq!(status["replayed"], 3);
 }
 
+#[cfg(feature = "amqp")]
 #[tokio::test]
 async fn triggers_over_rabbitmq_get_positions_and_are_recovered() {
     let publisher = AmqpPublisher::connect().await;

@@ -1,6 +1,8 @@
 //! Triggers over Redis pub/sub, against the machine's real Redis: a PUBLISH reaches a
 //! subscriber, several nodes, a killed connection, bad messages.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! against the machine's real broker, checked with `rabbitmqctl` where the broker's own view
 //! is the point.
 
+#![cfg(feature = "amqp")]
+
 mod common;
 
 use std::time::Duration;

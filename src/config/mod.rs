@@ -90,6 +90,7 @@ use policy::{layered, Policy};
 
 /// Checks an AMQP URL (`amqp://` or `amqps://`). The error never repeats the URL: it may hold
 /// a password.
+#[cfg(feature = "amqp")]
 pub fn parse_amqp_url(text: &str) -> Result<String, String> {
     match text.parse::<lapin::uri::AMQPUri>() {
         Ok(_) => Ok(text.to_string()),
@@ -102,6 +103,7 @@ pub fn parse_amqp_url(text: &str) -> Result<String, String> {
 
 /// Checks a Redis URL (`redis://`, `rediss://`, `unix://`, `redis+unix://`). The error never
 /// repeats the URL: it may hold a password.
+#[cfg(feature = "redis")]
 pub fn parse_redis_url(text: &str) -> Result<String, String> {
     use ::redis::IntoConnectionInfo;
     match text.into_connection_info() {
@@ -111,6 +113,26 @@ pub fn parse_redis_url(text: &str) -> Result<String, String> {
             e.to_string().replace(text, "<url>")
         )),
     }
+}
+
+/// Without the `amqp` feature there is no parser to check the URL with: it is taken as it is,
+/// and the configuration refused for the missing feature ([`Config::missing_features`]).
+#[cfg(not(feature = "amqp"))]
+pub fn parse_amqp_url(text: &str) -> Result<String, String> {
+    Ok(text.to_string())
+}
+
+/// Without the `redis` feature, as [`parse_amqp_url`] without `amqp`.
+#[cfg(not(feature = "redis"))]
+pub fn parse_redis_url(text: &str) -> Result<String, String> {
+    Ok(text.to_string())
+}
+
+fn missing_feature(option: &str, feature: &str) -> String {
+    format!(
+        "{option} is set but this build has no `{feature}` feature: rebuild with --features \
+         {feature}"
+    )
 }
 
 /// The RabbitMQ trigger source (PROTOCOL.md section 4).
@@ -447,6 +469,7 @@ impl Config {
             errors.push("internal_listen: must differ from listen".to_string());
         }
         errors.extend(self.demo_problems());
+        errors.extend(self.missing_features());
         for (field, path) in [
             ("on_connect", &self.backend.on_connect),
             ("on_disconnect", &self.backend.on_disconnect),
@@ -479,6 +502,20 @@ impl Config {
             }
         }
         errors
+    }
+
+    /// The broker options set that this build has no code for: the keys are known in every
+    /// build (a config file stays valid), but a node without the engine must not start as if
+    /// it read the broker. `Server::start` checks this too, for a hand-built `Config`.
+    pub fn missing_features(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if cfg!(not(feature = "amqp")) && self.amqp.is_some() {
+            missing.push(missing_feature("amqp_url", "amqp"));
+        }
+        if cfg!(not(feature = "redis")) && self.redis.is_some() {
+            missing.push(missing_feature("redis_url", "redis"));
+        }
+        missing
     }
 
     /// A stream must keep what the history is to be warmed from, and every trigger must get a

@@ -214,6 +214,7 @@ fn history_settings_take_durations_and_sizes() {
     assert!(err.to_string().contains("history_memory:"), "{err}");
 }
 
+#[cfg(feature = "amqp")]
 #[test]
 fn a_stream_has_its_retention_and_always_publishes_http_triggers() {
     let config = Config::from_toml(
@@ -291,6 +292,7 @@ fn a_stream_must_keep_the_history_and_give_every_trigger_a_position() {
     );
 }
 
+#[cfg(all(feature = "amqp", feature = "redis"))]
 #[test]
 fn broker_sources_are_read_with_defaults() {
     let config = Config::from_toml(
@@ -309,6 +311,7 @@ fn broker_sources_are_read_with_defaults() {
     assert!(off.amqp.is_none() && off.redis.is_none());
 }
 
+#[cfg(all(feature = "amqp", feature = "redis"))]
 #[test]
 fn broker_errors_name_the_field_and_hide_the_password() {
     let err = Config::from_toml(
@@ -333,6 +336,77 @@ fn broker_errors_name_the_field_and_hide_the_password() {
     let err = Config::from_toml("amqp_url = \"amqp://127.0.0.1\"\namqp_exchange = \"\"")
         .expect_err("empty exchange");
     assert!(err.to_string().contains("amqp_exchange:"), "{err}");
+}
+
+/// The broker keys stay known without their feature (a config file stays valid), but a node
+/// that cannot read the broker it is configured for refuses to start, saying how to fix it.
+#[cfg(not(feature = "amqp"))]
+#[tokio::test]
+async fn amqp_options_without_the_amqp_feature_are_refused_naming_the_feature() {
+    const REFUSAL: &str =
+        "amqp_url is set but this build has no `amqp` feature: rebuild with --features amqp";
+    let err = Config::from_toml(
+        r#"
+        amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        amqp_exchange = "hightemplar"
+        amqp_stream = "hightemplar-log"
+        "#,
+    )
+    .expect_err("no amqp in this build");
+    assert!(err.to_string().contains(REFUSAL), "{err}");
+    let cli = Cli::try_parse_from(["high-templar", "--amqp-url", "amqp://127.0.0.1"]).expect("cli");
+    let err = Config::merge(cli, FileConfig::default()).expect_err("no amqp in this build");
+    assert!(err.to_string().contains(REFUSAL), "{err}");
+    // Keys that need amqp_url still say so: they are checked as in every build.
+    let err = Config::from_toml("amqp_exchange = \"x\"").expect_err("needs a url");
+    assert!(
+        err.to_string().contains("amqp_exchange: needs amqp_url"),
+        "{err}"
+    );
+
+    // A hand-built config does not slip past: the server refuses to start.
+    let mut config = Config::from_toml("").expect("valid");
+    config.amqp = Some(AmqpSettings {
+        url: "amqp://127.0.0.1".into(),
+        exchange: DEFAULT_AMQP_EXCHANGE.into(),
+        publish_http_triggers: false,
+        stream: None,
+    });
+    let refused = crate::Server::new(config)
+        .backend(crate::demo::DemoBackend)
+        .start()
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(refused.as_deref(), Some(REFUSAL));
+}
+
+/// As the test above, for `redis`.
+#[cfg(not(feature = "redis"))]
+#[tokio::test]
+async fn redis_options_without_the_redis_feature_are_refused_naming_the_feature() {
+    const REFUSAL: &str =
+        "redis_url is set but this build has no `redis` feature: rebuild with --features redis";
+    let err = Config::from_toml("redis_url = \"redis://127.0.0.1:6379/\"\nredis_channel = \"x\"")
+        .expect_err("no redis in this build");
+    assert!(err.to_string().contains(REFUSAL), "{err}");
+    let cli = Cli::try_parse_from(["high-templar", "--redis-url", "redis://127.0.0.1:6379/"])
+        .expect("cli");
+    let err = Config::merge(cli, FileConfig::default()).expect_err("no redis in this build");
+    assert!(err.to_string().contains(REFUSAL), "{err}");
+
+    let mut config = Config::from_toml("").expect("valid");
+    config.redis = Some(RedisSettings {
+        url: "redis://127.0.0.1:6379/".into(),
+        channel: DEFAULT_REDIS_CHANNEL.into(),
+    });
+    let refused = crate::Server::new(config)
+        .backend(crate::demo::DemoBackend)
+        .start()
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(refused.as_deref(), Some(REFUSAL));
 }
 
 #[test]

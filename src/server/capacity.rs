@@ -141,38 +141,22 @@ const FIX: &str = "raise the hard limit: LimitNOFILE=65536 in the systemd unit \
 /// before and after. Most distributions start processes at 1,024, far below what a websocket
 /// server needs, with a hard limit that allows more.
 fn raise_open_files_limit() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = limit.rlim_cur;
-    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+    use rlimit::Resource;
+    let (before, hard) = rlimit::getrlimit(Resource::NOFILE)?;
+    let target = if hard == rlimit::INFINITY {
         std::fs::read_to_string(NR_OPEN)
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(DEFAULT_NR_OPEN)
     } else {
-        limit.rlim_max
+        hard
     };
     if target <= before {
         return Ok((before, before));
     }
-    let raised = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: limit.rlim_max,
-    };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+    if let Err(error) = rlimit::setrlimit(Resource::NOFILE, target, hard) {
         // Some systems cap below the hard limit (macOS: OPEN_MAX); keep what we have.
-        tracing::debug!(
-            error = %io::Error::last_os_error(),
-            target,
-            "cannot raise the open-files limit"
-        );
+        tracing::debug!(%error, target, "cannot raise the open-files limit");
         return Ok((before, before));
     }
     Ok((before, target))

@@ -87,6 +87,9 @@ mod tests {
         drop(intake);
         // The runtime is dropped with the thread: its tasks are cancelled, not leaked.
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), pending).await;
-        assert!(matches!(&ended, Ok(Err(e)) if e.is_cancelled()), "{ended:?}");
+        assert!(
+            matches!(&ended, Ok(Err(e)) if e.is_cancelled()),
+            "{ended:?}"
+        );
     }
 }

@@ -20,6 +20,7 @@ use axum::Router;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,8 +50,9 @@ use crate::hub::Hub;
 use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
 use crate::sequencer::Sequencer;
-use crate::sources;
+#[cfg(feature = "amqp")]
 use crate::sources::amqp::{AmqpEngine, Publisher};
+#[cfg(feature = "redis")]
 use crate::sources::redis::RedisEngine;
 use crate::stats::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
@@ -77,6 +79,9 @@ pub enum StartError {
     OpenFiles(String),
     #[error("cannot start the trigger intake thread: {0}")]
     Intake(std::io::Error),
+    /// A broker is configured that this build has no engine for (`Config::missing_features`).
+    #[error("{0}")]
+    MissingFeature(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -108,168 +113,55 @@ impl Server {
     /// every socket is a descriptor, and most systems start processes at 1,024), binds the
     /// listeners and starts serving in the background.
     pub async fn start(self) -> Result<Handle, StartError> {
-        let backend: Arc<dyn Backend> = match self.backend {
-            Some(backend) => backend,
-            None if self.config.demo => Arc::new(DemoBackend),
-            None => {
-                let settings = self.config.http_backend().ok_or(StartError::NoBackend)?;
-                Arc::new(HttpBackend::new(settings).map_err(StartError::BackendClient)?)
-            }
-        };
-        let stats = Arc::new(Stats::new());
-        let policy = &self.config.policy;
-        let listeners = 1 + usize::from(self.config.internal_listen.is_some());
-        let capacity = Capacity::plan(policy, listeners).map_err(StartError::OpenFiles)?;
-        capacity.log(policy.max_connections);
-        let tls = match &policy.tls {
+        let Server { config, backend } = self;
+        if let Some(missing) = config.missing_features().into_iter().next() {
+            return Err(StartError::MissingFeature(missing));
+        }
+        let backend = backend_or_default(backend, &config)?;
+        let listeners = 1 + usize::from(config.internal_listen.is_some());
+        let capacity = Capacity::plan(&config.policy, listeners).map_err(StartError::OpenFiles)?;
+        capacity.log(config.policy.max_connections);
+        let tls = match &config.policy.tls {
             Some(files) => Some(crate::tls::acceptor(files).map_err(StartError::Tls)?),
             None => None,
         };
-        let amqp_publisher = match &self.config.amqp {
-            // With a stream, HTTP triggers must go through the exchange to get a position,
-            // whatever a hand-built config says.
-            Some(amqp) if amqp.publish_http_triggers || amqp.stream.is_some() => {
-                Some(Publisher::new(&amqp.exchange))
-            }
-            _ => None,
-        };
-        let stream = self
-            .config
-            .amqp
-            .as_ref()
-            .and_then(|amqp| amqp.stream.as_ref())
-            .map(|stream| {
-                Arc::new(StreamStatus::new(
-                    &stream.name,
-                    sources::stream::new_id("n"),
-                ))
-            });
-        let shared = Arc::new(Node {
-            stream,
-            hub: Hub::new(),
-            sequencer: Sequencer::new(self.config.history),
-            gate: BackendGate::new(
-                policy.max_concurrent_bootstraps,
-                self.config.backend.timeout,
-            ),
-            admission: Arc::new(Admission::new(
-                policy.clone(),
-                capacity.max_connections,
-                stats.clone(),
-            )),
-            stats,
-            backend,
-            shutdown: CancellationToken::new(),
-            registry: Registry::new(Timers {
-                idle_timeout: self.config.idle_timeout,
-                ping_interval: policy.ws_ping_interval,
-                reauth_interval: policy.reauth_interval,
-            }),
-            next_subscription: AtomicU64::new(0),
-            config: self.config,
-        });
-        let sweeper = shared.clone();
-        tokio::spawn(async move {
-            let shutdown = sweeper.shutdown.clone();
-            sweeper.registry.run(&sweeper.stats, shutdown).await;
-        });
-        if let Some(every) = shared.config.log_summary_interval {
-            let (stats, shutdown) = (shared.stats.clone(), shared.shutdown.clone());
-            tokio::spawn(crate::summary::run(stats, every, shutdown));
-        }
-        let connections = TaskTracker::new();
-        let config = &shared.config;
-
-        let public_listener = bind(config.listen).await?;
-        let local_addr = public_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        // Bound before anything is spawned: a node that cannot listen leaves nothing running.
+        let (public_listener, local_addr) = bind(config.listen).await?;
         let internal_listener = match config.internal_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let internal_addr = internal_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let internal_addr = internal_listener.as_ref().map(|(_, addr)| *addr);
+        let shared = new_node(config, backend, &capacity);
+        spawn_timers(&shared);
 
-        let mut public = Router::new()
-            .route("/ws/", get(ws_handler))
-            .route("/ws", get(ws_handler));
-        let trigger_routes = Router::new()
-            .route("/trigger/", post(trigger_handler))
-            .route("/trigger", post(trigger_handler))
-            .layer(DefaultBodyLimit::max(config.max_trigger_body));
-        let ops_routes = Router::new()
-            .route("/metrics", get(metrics_handler))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready_handler));
-        if internal_listener.is_none() {
-            public = public.merge(ops_routes.clone());
-        }
+        let config = &shared.config;
         if config.demo {
-            // The demo's own open trigger path replaces the token-protected one here; the
-            // loopback-only rule in `Config::problems` is what makes that safe.
-            public = public.merge(demo::routes(config.max_trigger_body));
-            if !local_addr.ip().is_loopback() {
-                tracing::warn!(
-                    %local_addr,
-                    "DEMO MODE ON A PUBLIC ADDRESS (--demo-allow-public): anyone who can reach \
-                     it can publish to every demo room without a token"
-                );
-            }
-            tracing::info!("demo mode: open http://{local_addr}/ in a browser");
-        } else {
-            match (&internal_listener, &config.trigger_token) {
-                (Some(_), _) => {}
-                (None, Some(_)) => public = public.merge(trigger_routes.clone()),
-                (None, None) => tracing::warn!(
-                    "no trigger_token and no internal_listen: POST /trigger/ is disabled"
-                ),
-            }
+            announce_demo(local_addr);
         }
+
+        let (public, internal) = routes(config, internal_listener.is_some());
+        let connections = TaskTracker::new();
+        #[cfg(feature = "amqp")]
+        let amqp_publisher = http_trigger_publisher(config);
         let state = AppState {
             shared: shared.clone(),
             connections: connections.clone(),
+            #[cfg(feature = "amqp")]
             amqp_publisher: amqp_publisher.clone(),
         };
         let intake = Intake::start().map_err(StartError::Intake)?;
-        let mut servers = Vec::new();
-        let mut listeners = Vec::new();
-        // On the intake thread: the listener's socket is driven there, its connections run
-        // there (only the internal listener, which serves no websockets).
-        let mut listen = |listener, router, tls, on_intake: bool| {
-            let listener = ClosableListener::new(listener);
-            listeners.push(listener.clone());
-            let policy = &shared.config.policy;
-            let pending = Pending::new(
-                capacity.pending_per_listener,
-                EVICT_AFTER.min(policy.request_head_timeout),
-            );
-            let settings = Arc::new(conn::Settings {
-                router,
-                tls,
-                head_timeout: policy.request_head_timeout,
-                stats: shared.stats.clone(),
-                shutdown: shared.shutdown.clone(),
-            });
-            let serve = listener::serve(listener, pending, settings);
-            servers.push(match on_intake {
-                true => intake.spawn(serve),
-                false => tokio::spawn(serve),
-            });
-        };
-        listen(
+        let public = public.with_state(state.clone());
+        let mut serving = vec![serve(
+            &shared,
+            &capacity,
             public_listener,
-            public.with_state(state.clone()),
+            public,
             tls,
-            false,
-        );
-        if let Some(listener) = internal_listener {
-            let internal = trigger_routes
-                .merge(ops_routes)
-                .route("/status", get(status_handler))
-                .with_state(state);
+            None,
+        )];
+        if let (Some((listener, _)), Some(internal)) = (internal_listener, internal) {
+            // Triggers come in there: on the intake thread (see `intake`).
             let listener = listener
                 .into_std()
                 .and_then(|std| intake.enter(|| TcpListener::from_std(std)))
@@ -277,9 +169,23 @@ impl Server {
                     addr: internal_addr.unwrap_or(local_addr),
                     source,
                 })?;
-            listen(listener, internal, None, true);
+            serving.push(serve(
+                &shared,
+                &capacity,
+                listener,
+                internal.with_state(state),
+                None,
+                Some(&intake),
+            ));
         }
-        let sources = start_sources(&shared, local_addr, amqp_publisher, &intake);
+        let (listeners, servers) = serving.into_iter().unzip();
+        let sources = start_sources(
+            &shared,
+            local_addr,
+            #[cfg(feature = "amqp")]
+            amqp_publisher,
+            &intake,
+        );
         tracing::info!(%local_addr, internal = ?internal_addr, "high-templar listening");
         Ok(Handle {
             local_addr,
@@ -295,16 +201,184 @@ impl Server {
     }
 }
 
+/// The backend given to [`Server::backend`]; else the demo's with `demo`, else the default
+/// HTTP backend, which needs `api_url`.
+fn backend_or_default(
+    backend: Option<Arc<dyn Backend>>,
+    config: &Config,
+) -> Result<Arc<dyn Backend>, StartError> {
+    Ok(match backend {
+        Some(backend) => backend,
+        None if config.demo => Arc::new(DemoBackend),
+        None => {
+            let settings = config.http_backend().ok_or(StartError::NoBackend)?;
+            Arc::new(HttpBackend::new(settings).map_err(StartError::BackendClient)?)
+        }
+    })
+}
+
+/// The AMQP publisher `POST /trigger/` publishes through, when triggers go through the exchange.
+#[cfg(feature = "amqp")]
+fn http_trigger_publisher(config: &Config) -> Option<Publisher> {
+    match &config.amqp {
+        // With a stream, HTTP triggers must go through the exchange to get a position,
+        // whatever a hand-built config says.
+        Some(amqp) if amqp.publish_http_triggers || amqp.stream.is_some() => {
+            Some(Publisher::new(&amqp.exchange))
+        }
+        _ => None,
+    }
+}
+
+/// The node's shared state, sized by `capacity`.
+fn new_node(config: Config, backend: Arc<dyn Backend>, capacity: &Capacity) -> Arc<Node> {
+    let stats = Arc::new(Stats::new());
+    let policy = &config.policy;
+    let stream = config
+        .amqp
+        .as_ref()
+        .and_then(|amqp| amqp.stream.as_ref())
+        .map(|stream| {
+            Arc::new(StreamStatus::new(
+                &stream.name,
+                crate::sources::stream::new_id("n"),
+            ))
+        });
+    Arc::new(Node {
+        stream,
+        hub: Hub::new(),
+        sequencer: Sequencer::new(config.history),
+        gate: BackendGate::new(policy.max_concurrent_bootstraps, config.backend.timeout),
+        admission: Arc::new(Admission::new(
+            policy.clone(),
+            capacity.max_connections,
+            stats.clone(),
+        )),
+        stats,
+        backend,
+        shutdown: CancellationToken::new(),
+        registry: Registry::new(Timers {
+            idle_timeout: config.idle_timeout,
+            ping_interval: policy.ws_ping_interval,
+            reauth_interval: policy.reauth_interval,
+        }),
+        next_subscription: AtomicU64::new(0),
+        config,
+    })
+}
+
+/// The node-wide timers: the sweeper over every connection, and the periodic summary line.
+/// Both stop on `shared.shutdown`.
+fn spawn_timers(shared: &Arc<Node>) {
+    let sweeper = shared.clone();
+    tokio::spawn(async move {
+        let shutdown = sweeper.shutdown.clone();
+        sweeper.registry.run(&sweeper.stats, shutdown).await;
+    });
+    if let Some(every) = shared.config.log_summary_interval {
+        let (stats, shutdown) = (shared.stats.clone(), shared.shutdown.clone());
+        tokio::spawn(crate::summary::run(stats, every, shutdown));
+    }
+}
+
+/// The public listener's routes, and the internal listener's when there is one. `/ws/` is
+/// public; `POST /trigger/` and the ops endpoints move to the internal listener when it is
+/// configured; without it `/trigger/` is public only with a token (or the demo's own, open).
+fn routes(config: &Config, internal: bool) -> (Router<AppState>, Option<Router<AppState>>) {
+    let mut public = Router::new()
+        .route("/ws/", get(ws_handler))
+        .route("/ws", get(ws_handler));
+    let triggers = Router::new()
+        .route("/trigger/", post(trigger_handler))
+        .route("/trigger", post(trigger_handler))
+        .layer(DefaultBodyLimit::max(config.max_trigger_body));
+    let ops = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready_handler));
+    if config.demo {
+        // The demo's own open trigger path replaces the token-protected one here; the
+        // loopback-only rule in `Config::problems` is what makes that safe.
+        public = public.merge(demo::routes(config.max_trigger_body));
+    } else if !internal {
+        match &config.trigger_token {
+            Some(_) => public = public.merge(triggers.clone()),
+            None => tracing::warn!(
+                "no trigger_token and no internal_listen: POST /trigger/ is disabled"
+            ),
+        }
+    }
+    if internal {
+        let internal = triggers.merge(ops).route("/status", get(status_handler));
+        (public, Some(internal))
+    } else {
+        (public.merge(ops), None)
+    }
+}
+
+/// Says where the demo page is, and warns loudly when anyone may publish to it.
+fn announce_demo(local_addr: SocketAddr) {
+    if !local_addr.ip().is_loopback() {
+        tracing::warn!(
+            %local_addr,
+            "DEMO MODE ON A PUBLIC ADDRESS (--demo-allow-public): anyone who can reach \
+             it can publish to every demo room without a token"
+        );
+    }
+    tracing::info!("demo mode: open http://{local_addr}/ in a browser");
+}
+
+/// Serves `router` on `listener` in the background (on the workers, or on `intake`, where the
+/// listener must be registered): the accept loop, with its bound on the sockets not yet
+/// upgraded; the listener is returned to be closed on shutdown.
+fn serve(
+    shared: &Node,
+    capacity: &Capacity,
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    intake: Option<&Intake>,
+) -> (ClosableListener, JoinHandle<()>) {
+    let listener = ClosableListener::new(listener);
+    let policy = &shared.config.policy;
+    let pending = Pending::new(
+        capacity.pending_per_listener,
+        EVICT_AFTER.min(policy.request_head_timeout),
+    );
+    let settings = Arc::new(conn::Settings {
+        router,
+        tls,
+        head_timeout: policy.request_head_timeout,
+        stats: shared.stats.clone(),
+        shutdown: shared.shutdown.clone(),
+    });
+    let serve = listener::serve(listener.clone(), pending, settings);
+    let server = match intake {
+        Some(intake) => intake.spawn(serve),
+        None => tokio::spawn(serve),
+    };
+    (listener, server)
+}
+
 /// Spawns the configured broker sources on the intake thread; they stop on `shared.shutdown`.
 /// The AMQP source feeds `amqp_publisher` (the one `POST /trigger/` publishes through) when
 /// there is one.
+#[cfg_attr(
+    not(all(feature = "amqp", feature = "redis")),
+    allow(
+        unused_mut,
+        unused_variables,
+        reason = "an engine left out of the build starts nothing"
+    )
+)]
 fn start_sources(
     shared: &Arc<Node>,
     local_addr: SocketAddr,
-    amqp_publisher: Option<Publisher>,
+    #[cfg(feature = "amqp")] amqp_publisher: Option<Publisher>,
     intake: &Intake,
 ) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
+    #[cfg(feature = "amqp")]
     if let Some(amqp) = &shared.config.amqp {
         let publisher = amqp_publisher.unwrap_or_else(|| Publisher::new(&amqp.exchange));
         // Names this node in the broker's connection list.
@@ -313,16 +387,18 @@ fn start_sources(
         if let Some(stream) = &shared.stream {
             engine = engine.with_stream(shared.clone(), stream.clone());
         }
-        sources.push(intake.spawn(sources::run(engine, shared.clone())));
+        sources.push(intake.spawn(crate::sources::run(engine, shared.clone())));
     }
+    #[cfg(feature = "redis")]
     if let Some(redis) = &shared.config.redis {
         let engine = RedisEngine::new(redis.clone());
-        sources.push(intake.spawn(sources::run(engine, shared.clone())));
+        sources.push(intake.spawn(crate::sources::run(engine, shared.clone())));
     }
     sources
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+/// A listening socket on `addr`, and the address it got (its port, when `addr` asks for 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let listen = || {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -330,7 +406,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        socket.listen(LISTEN_BACKLOG)
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        let bound = listener.local_addr()?;
+        Ok((listener, bound))
     };
     listen().map_err(|source| StartError::Bind { addr, source })
 }
@@ -413,5 +491,6 @@ pub(crate) struct AppState {
     pub shared: Arc<Node>,
     connections: TaskTracker,
     /// Set when `POST /trigger/` publishes into the AMQP exchange instead of delivering here.
+    #[cfg(feature = "amqp")]
     amqp_publisher: Option<Publisher>,
 }

@@ -9,13 +9,21 @@
 //! Bad messages (not JSON, no rooms, ...) are counted in `triggers_invalid` and logged at most
 //! once per kind per [`INVALID_LOG_INTERVAL`]: a misbehaving publisher cannot flood the logs,
 //! and is never fatal.
+//!
+//! Each engine is a cargo feature (`amqp`, `redis`); the stream's status (`stream`) is in
+//! every build, as status and `/metrics` read it.
+#![cfg_attr(
+    not(any(feature = "amqp", feature = "redis")),
+    allow(dead_code, reason = "a build without brokers has no engine to run")
+)]
 
+#[cfg(feature = "amqp")]
 pub(crate) mod amqp;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub mod stream;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::mem::Discriminant;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,8 +46,10 @@ pub const INVALID_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Why a session ended. The text goes to the log as it is: it never holds a URL.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SourceError {
+    #[cfg(feature = "amqp")]
     #[error("{0}")]
     Amqp(#[from] lapin::Error),
+    #[cfg(feature = "redis")]
     #[error("{0}")]
     Redis(#[from] ::redis::RedisError),
     #[error("{0}")]
@@ -155,17 +165,9 @@ impl Backoff {
         let base = self.current;
         self.current = (self.current * 2).min(BACKOFF_MAX);
         let half = base / 2;
-        half + half.mul_f64(random_fraction())
+        // fastrand: a thread-local generator seeded randomly, so nodes draw differently.
+        half + half.mul_f64(fastrand::f64())
     }
-}
-
-/// A number in [0, 1). std's `RandomState` is seeded randomly per process and per instance;
-/// jitter needs no more than that, so no RNG crate.
-fn random_fraction() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Parses message bodies and publishes them to the hub; counts and logs the bad ones.
@@ -210,6 +212,7 @@ impl Inbox {
     /// Parses a message body that must hold one trigger, as a stream message has one
     /// position: a trigger object, or a list of exactly one. A longer list is refused like
     /// any bad message (counted, logged), since its triggers would share one position.
+    #[cfg(feature = "amqp")]
     pub fn parse_one(&self, body: &[u8]) -> Option<Trigger> {
         let config = &self.shared.config;
         match Trigger::parse_batch(body, &config.policy.room_limits, 1) {
@@ -267,8 +270,11 @@ mod tests {
 
     #[test]
     fn jitter_varies() {
-        let fractions: Vec<f64> = (0..8).map(|_| random_fraction()).collect();
-        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
-        assert!(fractions.windows(2).any(|w| w[0] != w[1]));
+        // Eight sources losing their broker at once do not all wait the same time.
+        let first: Vec<Duration> = (0..8).map(|_| Backoff::default().next_delay()).collect();
+        assert!(first
+            .iter()
+            .all(|d| *d >= BACKOFF_INITIAL / 2 && *d <= BACKOFF_INITIAL));
+        assert!(first.windows(2).any(|w| w[0] != w[1]), "{first:?}");
     }
 }

@@ -1,6 +1,13 @@
 //! Where the node stands in the shared stream (`amqp_stream`): written by the stream source
 //! (`sources::stream`), read by the status answer, `/readyz` and `/metrics`. Here, below the
 //! node, so the node can hold it without knowing the source.
+#![cfg_attr(
+    not(feature = "amqp"),
+    allow(
+        dead_code,
+        reason = "without `amqp` no stream session writes or resumes from it"
+    )
+)]
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -9,7 +9,9 @@ use high_templar::config::{
     DEFAULT_AMQP_STREAM_MAX_BYTES,
 };
 use high_templar::{Config, Handle};
+#[cfg(feature = "amqp")]
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+#[cfg(feature = "amqp")]
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
@@ -41,11 +43,13 @@ fn missing(service: &str, error: &dyn std::fmt::Display) -> ! {
 }
 
 /// A plain AMQP publisher, as a high-templar 3.1 backend is (pika's `basic_publish`).
+#[cfg(feature = "amqp")]
 pub struct AmqpPublisher {
     pub connection: Connection,
     channel: Channel,
 }
 
+#[cfg(feature = "amqp")]
 impl AmqpPublisher {
     /// Connects; fails the test when RabbitMQ is not there.
     pub async fn connect() -> AmqpPublisher {
@@ -97,6 +101,7 @@ impl AmqpPublisher {
 }
 
 /// A Redis connection for PUBLISH and admin commands; fails the test when Redis is not there.
+#[cfg(feature = "redis")]
 pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(redis_url()).expect("redis url");
     match tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await {

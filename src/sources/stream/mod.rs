@@ -34,20 +34,26 @@
 //! notice. A node that finds another epoch (the stream was deleted and recreated) warms again
 //! and closes its subscriptions with positions ([`crate::sequencer::EPOCH_CHANGED`]): they
 //! resume, and are told to refetch.
+//!
+//! The session needs the `amqp` feature; the node's place in the stream
+//! ([`crate::stats::stream::StreamStatus`]) and the retention constants are in every build
+//! (status, `/metrics` and the config checks read them).
+#![cfg_attr(
+    not(feature = "amqp"),
+    allow(dead_code, reason = "without `amqp` no session sets the status")
+)]
 
+#[cfg(feature = "amqp")]
 mod epoch;
+#[cfg(feature = "amqp")]
 mod marker;
+#[cfg(feature = "amqp")]
 mod session;
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
-
+#[cfg(feature = "amqp")]
 pub(crate) use self::session::Session;
-use super::SourceError;
-use crate::config::{StreamSettings, AMQP_STREAM_SEGMENT_BYTES};
 
 /// How often a node publishes a mark: the epoch stays in the stream while any node runs
 /// (retention needs `amqp_stream_max_age` without one to drop them all), finding the epoch
@@ -66,56 +72,4 @@ const MAX_UNREAD_MARKS: usize = 144;
 /// A random id: `s…` an epoch, `p…` a probe, `n…` a node.
 pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Declares the stream with the configured retention. A stream that exists with other
-/// arguments (another node's settings, or an operator's) is used as it is, with a warning:
-/// RabbitMQ refuses to redeclare it, and it is still the shared log.
-async fn declare(
-    connection: &Connection,
-    channel: Channel,
-    settings: &StreamSettings,
-) -> Result<Channel, SourceError> {
-    let mut arguments = FieldTable::default();
-    let text = |s: String| AMQPValue::LongString(s.into());
-    arguments.insert("x-queue-type".into(), text("stream".into()));
-    // Whole seconds, rounded up: retention never shorter than asked.
-    let max_age = settings.max_age.as_secs() + u64::from(settings.max_age.subsec_nanos() > 0);
-    arguments.insert("x-max-age".into(), text(format!("{max_age}s")));
-    let bytes = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
-    arguments.insert("x-max-length-bytes".into(), bytes(settings.max_bytes));
-    arguments.insert(
-        "x-stream-max-segment-size-bytes".into(),
-        bytes(AMQP_STREAM_SEGMENT_BYTES),
-    );
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let name = settings.name.as_str();
-    match channel.queue_declare(name.into(), durable, arguments).await {
-        Ok(_) => Ok(channel),
-        Err(error) if is_precondition_failed(&error) => {
-            tracing::warn!(
-                stream = name, %error,
-                "the stream exists with other arguments; using it as it is"
-            );
-            let channel = connection.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(name.into(), passive, FieldTable::default())
-                .await?;
-            Ok(channel)
-        }
-        Err(error) => Err(error.into()),
-    }
-}
-
-fn is_precondition_failed(error: &lapin::Error) -> bool {
-    // A soft error closes the channel and names its reply text; matching the text keeps this
-    // independent of lapin's error kinds.
-    error.to_string().contains("PRECONDITION_FAILED")
 }

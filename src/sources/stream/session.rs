@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
 use super::marker::{stream_offset, Marker};
-use super::{declare, epoch, new_id, MARK_INTERVAL, MAX_UNREAD_MARKS, WARM_START_MARGIN};
+use super::{epoch, new_id, MARK_INTERVAL, MAX_UNREAD_MARKS, WARM_START_MARGIN};
 use crate::clock::now_ms;
 use crate::config::StreamSettings;
+use crate::config::AMQP_STREAM_SEGMENT_BYTES;
 use crate::history::History;
 use crate::node::Node;
 use crate::protocol::Trigger;
@@ -290,4 +291,56 @@ impl Reader<'_> {
             "history warmed from the stream; ready"
         );
     }
+}
+
+/// Declares the stream with the configured retention. A stream that exists with other
+/// arguments (another node's settings, or an operator's) is used as it is, with a warning:
+/// RabbitMQ refuses to redeclare it, and it is still the shared log.
+async fn declare(
+    connection: &Connection,
+    channel: Channel,
+    settings: &StreamSettings,
+) -> Result<Channel, SourceError> {
+    let mut arguments = FieldTable::default();
+    let text = |s: String| AMQPValue::LongString(s.into());
+    arguments.insert("x-queue-type".into(), text("stream".into()));
+    // Whole seconds, rounded up: retention never shorter than asked.
+    let max_age = settings.max_age.as_secs() + u64::from(settings.max_age.subsec_nanos() > 0);
+    arguments.insert("x-max-age".into(), text(format!("{max_age}s")));
+    let bytes = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+    arguments.insert("x-max-length-bytes".into(), bytes(settings.max_bytes));
+    arguments.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        bytes(AMQP_STREAM_SEGMENT_BYTES),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let name = settings.name.as_str();
+    match channel.queue_declare(name.into(), durable, arguments).await {
+        Ok(_) => Ok(channel),
+        Err(error) if is_precondition_failed(&error) => {
+            tracing::warn!(
+                stream = name, %error,
+                "the stream exists with other arguments; using it as it is"
+            );
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(name.into(), passive, FieldTable::default())
+                .await?;
+            Ok(channel)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    // A soft error closes the channel and names its reply text; matching the text keeps this
+    // independent of lapin's error kinds.
+    error.to_string().contains("PRECONDITION_FAILED")
 }
