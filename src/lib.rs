@@ -19,7 +19,8 @@
 //! - `sources` (private): broker trigger sources (RabbitMQ, Redis pub/sub) behind one small
 //!   `Engine` trait, with the shared reconnect loop.
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
-//!   HTTP backend with forwarded headers and hooks.
+//!   HTTP backend with forwarded headers and hooks; [`hooks`]: the hook calls, bounded
+//!   node-wide and waited for on shutdown.
 //! - [`stats`]: node-wide counters behind the `status` answer; `summary` (private): the
 //!   periodic one-line summary of them at INFO.
 //! - [`config`]: the typed configuration (file, environment, flags); [`policy`]: its limits and
@@ -38,6 +39,7 @@ pub mod config;
 mod connection;
 pub mod demo;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 mod metrics;
 mod node;

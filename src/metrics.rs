@@ -185,6 +185,16 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "hooks_dropped",
+            "Backend hooks not called because the node's bound on them was full, by hook",
+            &[
+                ("hook", "connect", &s.hooks_dropped_connect),
+                ("hook", "ping", &s.hooks_dropped_ping),
+                ("hook", "disconnect", &s.hooks_dropped_disconnect),
+            ],
+        )?;
+        counter(
+            &mut e,
             "backend_errors",
             "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
             &[("", "", &s.backend_errors)],

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Admission;
 use crate::backend::{Backend, BackendError, BackendGate, ConnectRequest};
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::Trigger;
 use crate::room::AllowedRooms;
@@ -30,6 +31,8 @@ pub(crate) struct Node {
     pub backend: Arc<dyn Backend>,
     /// Concurrency limit and circuit breaker in front of the backend.
     pub gate: BackendGate,
+    /// The backend hooks in flight: bounded, and waited for on shutdown.
+    pub hooks: Hooks,
     /// Origin check and connection counts.
     pub admission: Arc<Admission>,
     /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
