@@ -91,18 +91,41 @@ impl Node {
     /// A node reading a shared stream takes triggers from it only: one taken in here would
     /// have no stream position, so it is refused (counted as invalid) — the configuration
     /// forbids the sources that would do it, this guards hand-built ones.
+    /// The whole batch in one step: for callers that cannot wait ([`crate::Handle::publish`]).
     pub(crate) fn publish(&self, triggers: Vec<Trigger>, source: TriggerSource) -> usize {
-        if self.stream.is_some() {
-            Stats::add(&self.stats.triggers_invalid, triggers.len() as u64);
-            tracing::warn!(?source, "a trigger outside the shared stream refused");
+        if !self.take_in(triggers.len(), source) {
             return 0;
-        }
-        for _ in &triggers {
-            self.stats.trigger_received(source);
         }
         let queued = self.sequencer.publish(triggers, &self.hub);
         Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
         queued
+    }
+
+    /// As [`Node::publish`], yielding to the runtime between steps of a large batch.
+    pub(crate) async fn publish_batch(
+        &self,
+        triggers: Vec<Trigger>,
+        source: TriggerSource,
+    ) -> usize {
+        if !self.take_in(triggers.len(), source) {
+            return 0;
+        }
+        let queued = self.sequencer.publish_yielding(triggers, &self.hub).await;
+        Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
+        queued
+    }
+
+    /// Counts `count` triggers from `source`; `false` when they are refused.
+    fn take_in(&self, count: usize, source: TriggerSource) -> bool {
+        if self.stream.is_some() {
+            Stats::add(&self.stats.triggers_invalid, count as u64);
+            tracing::warn!(?source, "a trigger outside the shared stream refused");
+            return false;
+        }
+        for _ in 0..count {
+            self.stats.trigger_received(source);
+        }
+        true
     }
 
     /// Takes in a trigger from the shared stream at `position` (the same on every node).

@@ -45,7 +45,7 @@ pub(crate) async fn accept_triggers(shared: &Node, body: &[u8]) -> Response {
             },
             None => {
                 let count = triggers.len();
-                let delivered = shared.publish(triggers, TriggerSource::Http);
+                let delivered = shared.publish_batch(triggers, TriggerSource::Http).await;
                 Json(json!({"delivered": delivered, "triggers": count})).into_response()
             }
         },
