@@ -257,18 +257,14 @@ async fn storm_client(server: std::net::SocketAddr, progress: Arc<Progress>) -> 
 
 /// Polls until the server shows no connection and no room (closing is asynchronous).
 async fn wait_until_empty(server: &Handle) -> Value {
-    let deadline = tokio::time::Instant::now() + STEP_WAIT;
-    loop {
+    eventually(STEP_WAIT, || async {
         let status = server.status();
-        if status["open_connections"] == 0 && status["num_rooms"] == 0 {
-            return status;
+        match status["open_connections"] == 0 && status["num_rooms"] == 0 {
+            true => Ok(status),
+            false => Err(format!("the server never emptied: {status}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never emptied: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
