@@ -6,7 +6,7 @@
 //! per client, triggers POSTed to `/trigger/`.
 //!
 //! Ignored in a plain `cargo test`: it holds ~10,000 sockets (a hard open-files limit of at
-//! least 14,096) and takes the machine's cores for about a minute. `scripts/test.sh` (and so CI)
+//! least 14,096) and both cores of the test VM while it runs (~8 s there). `scripts/test.sh` (and so CI)
 //! runs it as a step of its own: `cargo test --locked --test storm -- --ignored`.
 
 mod common;
