@@ -29,9 +29,10 @@ use crate::sweeper::now_ms;
 
 /// The work a batch does between two yields to the runtime ([`Sequencer::publish_yielding`]):
 /// one unit per trigger (position, history entry, room lookup) and one per subscription it
-/// reaches (a frame queued). A unit is ~0.1-0.5 us on the 2-core test VM (`POST /trigger/`
-/// of 10,000 triggers), so a step holds its worker and the lock for a few hundred
-/// microseconds, and a yield (~1 us) costs well under 1 % of it (BENCHMARKS.md, "Batches").
+/// reaches (a frame queued). Counting frames too keeps a step short when each trigger reaches
+/// many subscribers. With 1,024, a client's round trip during 10,000-trigger batches went from
+/// 64 to 17 ms at p99 without lowering the triggers/s (BENCHMARKS.md, "Batches"); other step
+/// sizes were not measured.
 pub const PUBLISH_STEP: usize = 1_024;
 
 /// Why a resume could not be proven complete (`recovered:false`), a bounded metrics label.
