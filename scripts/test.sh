@@ -37,6 +37,10 @@ cargo test --locked --no-default-features --lib
 echo "== cargo test"
 cargo test --locked --workspace
 
+# Ignored in a plain `cargo test` (README, "Tests"): 5,000 clients connecting at once.
+echo "== reconnect storm (tests/storm.rs)"
+cargo test --locked --test storm -- --ignored
+
 echo "== Autobahn fuzzing client against the websocket layer (examples/autobahn_echo.rs)"
 ./scripts/ci-autobahn.sh
 

@@ -19,7 +19,8 @@
 //! - `sources` (private): broker trigger sources (RabbitMQ, Redis pub/sub) behind one small
 //!   `Engine` trait, with the shared reconnect loop.
 //! - [`backend`]: the adapter trait ("who is this, which rooms may they join") and the default
-//!   HTTP backend with forwarded headers and hooks.
+//!   HTTP backend with forwarded headers and hooks; [`hooks`]: the hook calls, bounded
+//!   node-wide and waited for on shutdown.
 //! - [`stats`]: node-wide counters behind the `status` answer, and where the node stands in a
 //!   shared stream; `summary` (private): the periodic one-line summary of them at INFO.
 //! - `clock` (private): the node's monotonic clock in milliseconds.
@@ -48,6 +49,7 @@ pub mod config;
 mod connection;
 pub mod demo;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 mod metrics;
 mod node;

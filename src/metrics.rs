@@ -124,6 +124,21 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         )
     }),
     (
+        "hooks_dropped",
+        "Backend hooks not called because the node's bound on them was full, by hook",
+        |n| {
+            let s = &n.stats;
+            counter_by(
+                "hook",
+                [
+                    ("connect", &s.hooks_dropped_connect),
+                    ("ping", &s.hooks_dropped_ping),
+                    ("disconnect", &s.hooks_dropped_disconnect),
+                ],
+            )
+        },
+    ),
+    (
         "backend_errors",
         "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
         |n| counter(&n.stats.backend_errors),

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Admission;
 use crate::backend::{Backend, BackendError, BackendGate, ConnectRequest};
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::hub::{Hub, SubscriptionId};
 use crate::protocol::Trigger;
 use crate::room::AllowedRooms;
@@ -29,6 +30,8 @@ pub(crate) struct Node {
     pub backend: Arc<dyn Backend>,
     /// Concurrency limit and circuit breaker in front of the backend.
     pub gate: BackendGate,
+    /// The backend hooks in flight: bounded, and waited for on shutdown.
+    pub hooks: Hooks,
     /// Origin check and connection counts.
     pub admission: Arc<Admission>,
     /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
@@ -85,18 +88,41 @@ impl Node {
     /// A node reading a shared stream takes triggers from it only: one taken in here would
     /// have no stream position, so it is refused (counted as invalid) — the configuration
     /// forbids the sources that would do it, this guards hand-built ones.
+    /// The whole batch in one step: for callers that cannot wait ([`crate::Handle::publish`]).
     pub(crate) fn publish(&self, triggers: Vec<Trigger>, source: TriggerSource) -> usize {
-        if self.stream.is_some() {
-            Stats::add(&self.stats.triggers_invalid, triggers.len() as u64);
-            tracing::warn!(?source, "a trigger outside the shared stream refused");
+        if !self.take_in(triggers.len(), source) {
             return 0;
-        }
-        for _ in &triggers {
-            self.stats.trigger_received(source);
         }
         let queued = self.sequencer.publish(triggers, &self.hub);
         Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
         queued
+    }
+
+    /// As [`Node::publish`], yielding to the runtime between steps of a large batch.
+    pub(crate) async fn publish_batch(
+        &self,
+        triggers: Vec<Trigger>,
+        source: TriggerSource,
+    ) -> usize {
+        if !self.take_in(triggers.len(), source) {
+            return 0;
+        }
+        let queued = self.sequencer.publish_yielding(triggers, &self.hub).await;
+        Stats::add(&self.stats.ws_messages_send_queued, queued as u64);
+        queued
+    }
+
+    /// Counts `count` triggers from `source`; `false` when they are refused.
+    fn take_in(&self, count: usize, source: TriggerSource) -> bool {
+        if self.stream.is_some() {
+            Stats::add(&self.stats.triggers_invalid, count as u64);
+            tracing::warn!(?source, "a trigger outside the shared stream refused");
+            return false;
+        }
+        for _ in 0..count {
+            self.stats.trigger_received(source);
+        }
+        true
     }
 
     /// Takes in a trigger from the shared stream at `position` (the same on every node).

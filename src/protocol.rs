@@ -533,8 +533,9 @@ impl Trigger {
         }
     }
 
-    /// The 3.1 publish frame for one subscription as one string (tests, tools).
-    pub fn frame_for(&self, request_id_json: &str) -> String {
+    /// The 3.1 publish frame for one subscription as one string.
+    #[cfg(test)]
+    fn frame_for(&self, request_id_json: &str) -> String {
         let prefix = std::str::from_utf8(&self.frame_prefix).unwrap_or_default();
         format!("{prefix}{request_id_json}}}")
     }

@@ -103,6 +103,10 @@ pub struct Stats {
     pub frames_too_big: AtomicU64,
     pub ping_timeouts: AtomicU64,
     pub reauth_unsubscribed: AtomicU64,
+    /// Backend hooks not called because the node's bound on them was full (`hooks.rs`).
+    pub hooks_dropped_connect: AtomicU64,
+    pub hooks_dropped_ping: AtomicU64,
+    pub hooks_dropped_disconnect: AtomicU64,
     /// Bootstrap call latency, in seconds.
     pub backend_latency: Histogram,
     pub amqp: SourceStatus,
@@ -154,6 +158,9 @@ impl Stats {
             frames_too_big: AtomicU64::new(0),
             ping_timeouts: AtomicU64::new(0),
             reauth_unsubscribed: AtomicU64::new(0),
+            hooks_dropped_connect: AtomicU64::new(0),
+            hooks_dropped_ping: AtomicU64::new(0),
+            hooks_dropped_disconnect: AtomicU64::new(0),
             // 1 ms to ~16 s: a healthy Django answers in 5-50 ms; the top buckets show timeouts.
             backend_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             amqp: SourceStatus::default(),
@@ -271,6 +278,11 @@ impl Stats {
                 "ping_timeout": Self::get(&self.ping_timeouts),
             },
             "reauth_unsubscribed": Self::get(&self.reauth_unsubscribed),
+            "hooks_dropped": {
+                "connect": Self::get(&self.hooks_dropped_connect),
+                "ping": Self::get(&self.hooks_dropped_ping),
+                "disconnect": Self::get(&self.hooks_dropped_disconnect),
+            },
             "amqp_connected": self.amqp.connected(),
             "amqp_connects": Self::get(&self.amqp.connects),
             "redis_connected": self.redis.connected(),

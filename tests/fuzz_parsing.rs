@@ -687,16 +687,23 @@ proptest! {
         let sent: Value = serde_json::from_str(&text).expect("JSON");
         check_frames(&trigger, &sent["data"])?;
         let rid = serde_json::to_string(&request_id).expect("string");
-        let frame: Value = serde_json::from_str(&trigger.frame_for(&rid)).expect("frame is JSON");
+        let frame: Value = serde_json::from_str(&frame_for(&trigger, &rid)).expect("frame is JSON");
         prop_assert_eq!(&frame["requestId"], &Value::from(request_id));
     }
+}
+
+/// The 3.1 publish frame for one subscription, as the fan-out builds it: the trigger's shared
+/// prefix, the subscription's requestId as JSON, `}`.
+fn frame_for(trigger: &Trigger, request_id_json: &str) -> String {
+    let prefix = std::str::from_utf8(&trigger.frame_prefix).expect("the prefix is UTF-8");
+    format!("{prefix}{request_id_json}}}")
 }
 
 /// The frame for a few requestIds is JSON with exactly `type`, `data` and `requestId`.
 fn check_frames(trigger: &Trigger, data: &Value) -> Result<(), TestCaseError> {
     for request_id in ["r", "", "with \"quotes\" and \\ and \u{0}", "ü😀"] {
         let rid = serde_json::to_string(request_id).expect("string");
-        let text = trigger.frame_for(&rid);
+        let text = frame_for(trigger, &rid);
         let frame: Value = serde_json::from_str(&text)
             .map_err(|e| TestCaseError::fail(format!("frame {text} is not JSON: {e}")))?;
         prop_assert_eq!(

@@ -72,16 +72,14 @@ async fn node_connection_limit_answers_503() {
     );
     drop(b);
     // The place frees once the connection is gone.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         match Client::try_connect(server.local_addr, &[]).await {
-            Ok(_) => break,
-            Err(503) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(other) => panic!("still refused: {other}"),
+            Ok(_) => Ok(()),
+            Err(503) => Err("still refused: 503".to_string()),
+            Err(other) => panic!("refused with {other}"),
         }
-    }
+    })
+    .await;
     assert!(server.status()["connections_refused"]["node_full"].as_u64() >= Some(1));
 }
 

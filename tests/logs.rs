@@ -54,15 +54,16 @@ async fn connections_are_not_logged_at_info_and_a_summary_line_says_what_they_ad
     assert_eq!(refused.closed().await.code, 1000);
 
     // The activity adds up over the summary lines (it may straddle two of them).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while (summed(&log, "opened"), summed(&log, "closed")) != (3, 2) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the summary lines do not add up; the log:\n{}",
-            log.lines().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(WAIT, || async {
+        match (summed(&log, "opened"), summed(&log, "closed")) {
+            (3, 2) => Ok(()),
+            _ => Err(format!(
+                "the summary lines do not add up; the log:\n{}",
+                log.lines().join("\n")
+            )),
+        }
+    })
+    .await;
     assert_eq!(summed(&log, "triggers_in"), 1);
     let refusal = log.wait_for("refused=unauthorized=1", WAIT).await;
     assert!(refusal.contains("INFO"), "{refusal}");

@@ -242,28 +242,23 @@ async fn rooms_disappear_with_their_last_subscription() {
     assert_eq!(client.status().await["num_rooms"], 1);
     other.ws.close(None).await.expect("close");
     // The disconnect is processed asynchronously: wait until the room is gone.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if server.status()["num_rooms"] == 1 && server.status()["open_connections"] == 1 {
-            break;
+    eventually(WAIT, || async {
+        let status = server.status();
+        match status["num_rooms"] == 1 && status["open_connections"] == 1 {
+            true => Ok(()),
+            false => Err(format!("room not cleaned up: {status}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "room not cleaned up: {}",
-            server.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     drop(client);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.status()["num_rooms"] != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rooms left: {}",
-            server.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, || async {
+        let status = server.status();
+        match status["num_rooms"] == 0 {
+            true => Ok(()),
+            false => Err(format!("rooms left: {status}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -4,6 +4,10 @@
 //!
 //! Real sockets throughout: the in-process server, the real test backend, one real websocket
 //! per client, triggers POSTed to `/trigger/`.
+//!
+//! Ignored in a plain `cargo test`: it holds ~10,000 sockets (a hard open-files limit of at
+//! least 14,096) and both cores of the test VM while it runs (~8 s there). `scripts/test.sh` (and so CI)
+//! runs it as a step of its own: `cargo test --locked --test storm -- --ignored`.
 
 mod common;
 
@@ -257,21 +261,18 @@ async fn storm_client(server: std::net::SocketAddr, progress: Arc<Progress>) -> 
 
 /// Polls until the server shows no connection and no room (closing is asynchronous).
 async fn wait_until_empty(server: &Handle) -> Value {
-    let deadline = tokio::time::Instant::now() + STEP_WAIT;
-    loop {
+    eventually(STEP_WAIT, || async {
         let status = server.status();
-        if status["open_connections"] == 0 && status["num_rooms"] == 0 {
-            return status;
+        match status["open_connections"] == 0 && status["num_rooms"] == 0 {
+            true => Ok(status),
+            false => Err(format!("the server never emptied: {status}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never emptied: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "5,000 clients at once: run by scripts/test.sh as `cargo test --test storm -- --ignored`"]
 async fn reconnect_storm_serves_or_cleanly_refuses_everyone_and_loses_no_trigger() {
     raise_fd_limit(FDS_NEEDED);
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": [{"storm": "*"}]}))).await;

@@ -187,6 +187,45 @@ async fn batches_deliver_every_trigger() {
     assert_eq!(client.status().await["rabbitmq_messages_received"], 3);
 }
 
+/// The test runtime has one thread, shared by the server and its clients: a batch that held
+/// it to the end would answer the other client only after its last trigger.
+#[tokio::test]
+async fn a_batch_of_ten_thousand_arrives_in_order_while_another_client_is_answered() {
+    const BATCH: usize = 10_000;
+    let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": allowed()}))).await;
+    let mut config = config_for(&backend);
+    // The subscriber takes every trigger of the batch: not a test of the slow-client bound.
+    config.outgoing_queue = 2 * BATCH;
+    config.outgoing_queue_bytes = 64 * 1024 * 1024;
+    let server = start(config).await;
+    let addr = server.local_addr;
+    let mut subscriber = Client::authorized(addr).await;
+    subscriber.subscribe(json!({"target": "board"}), "b").await;
+    let mut other = Client::authorized(addr).await;
+    let batch: Vec<_> = (0..BATCH)
+        .map(|i| json!({"rooms": [{"target": "board"}], "data": i}))
+        .collect();
+    let body = serde_json::to_string(&batch).expect("batch");
+    let post = tokio::spawn(async move { post_trigger(addr, &body).await });
+
+    // The batch has begun once its first publish arrives; the other client asks then.
+    assert_eq!(subscriber.recv_json().await["data"], 0);
+    let status = other.status().await;
+    let position = status["history"]["offset"].as_u64().expect("offset");
+    assert!(
+        position < BATCH as u64,
+        "answered only after the whole batch: {status}"
+    );
+    for i in 1..BATCH {
+        assert_eq!(subscriber.recv_json().await["data"], i);
+    }
+    let answer = post.await.expect("post");
+    assert_eq!(
+        answer,
+        (200, json!({"delivered": BATCH, "triggers": BATCH}))
+    );
+}
+
 #[tokio::test]
 async fn oversized_trigger_bodies_are_refused() {
     let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": []}))).await;

@@ -27,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::backend::ConnectRequest;
+use crate::hooks::Hook;
 use crate::node::Node;
 use crate::outbox::{close_code, CloseReason, Outbox, QueueBound, SLOW_CLIENT};
 use crate::protocol::answer;
@@ -96,7 +97,7 @@ pub(crate) async fn run<G: Send>(
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
         Stats::incr(&stats.connections_opened);
         tracing::debug!("connection opened");
-        spawn_hook(&shared, &request, Hook::Connect);
+        shared.hooks.spawn(&request, Hook::Connect);
         let end = serve(&mut open.socket, &mut open.session, stats).await;
         open.session.unsubscribe_all();
         drop(registration);
@@ -108,7 +109,7 @@ pub(crate) async fn run<G: Send>(
             reason = reason.reason,
             "connection closed"
         );
-        spawn_hook(&shared, &request, Hook::Disconnect);
+        shared.hooks.spawn(&request, Hook::Disconnect);
     }
     .instrument(span)
     .await;
@@ -245,24 +246,4 @@ async fn refuse(
     Stats::incr(counter);
     socket.queue_text(text);
     socket.finish(None, Some(reason), stats, CLOSE_GRACE).await;
-}
-
-#[derive(Clone, Copy)]
-enum Hook {
-    Connect,
-    Ping,
-    Disconnect,
-}
-
-/// Hooks run beside the connection: a slow backend never delays the client.
-fn spawn_hook(shared: &Arc<Node>, request: &Arc<ConnectRequest>, hook: Hook) {
-    let backend = shared.backend.clone();
-    let request = request.clone();
-    tokio::spawn(async move {
-        match hook {
-            Hook::Connect => backend.on_connect(&request).await,
-            Hook::Ping => backend.on_ping(&request).await,
-            Hook::Disconnect => backend.on_disconnect(&request).await,
-        }
-    });
 }

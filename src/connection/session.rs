@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 
 use super::recovery::Recoveries;
-use super::{spawn_hook, Hook};
 use crate::backend::{BackendError, ConnectRequest};
+use crate::hooks::Hook;
 use crate::hub::{Subscriber, SubscriptionId};
 use crate::node::Node;
 use crate::outbox::{close_code, CloseReason, Outbox};
@@ -80,7 +80,7 @@ impl Session {
         let connection_error;
         let reply: &str = match message {
             ClientMessage::Ping => {
-                spawn_hook(&self.shared, &self.request, Hook::Ping);
+                self.shared.hooks.spawn(&self.request, Hook::Ping);
                 answer::PONG
             }
             ClientMessage::Subscribe {

@@ -41,7 +41,7 @@ pub(crate) async fn accept_triggers(state: &AppState, body: &[u8]) -> Response {
                 return publish_through(publisher, body).await;
             }
             let count = triggers.len();
-            let delivered = shared.publish(triggers, TriggerSource::Http);
+            let delivered = shared.publish_batch(triggers, TriggerSource::Http).await;
             Json(json!({"delivered": delivered, "triggers": count})).into_response()
         }
         Err(problem) => {

@@ -46,6 +46,7 @@ use crate::admission::Admission;
 use crate::backend::{Backend, BackendGate, HttpBackend};
 use crate::config::Config;
 use crate::demo::DemoBackend;
+use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
@@ -254,6 +255,7 @@ fn new_node(config: Config, backend: Arc<dyn Backend>, capacity: &Capacity) -> A
             capacity.max_connections,
             stats.clone(),
         )),
+        hooks: Hooks::new(backend.clone(), stats.clone()),
         stats,
         backend,
         shutdown: CancellationToken::new(),
@@ -450,15 +452,17 @@ impl Handle {
     }
 
     /// Stops accepting, closes every websocket with 1001 (going away), and waits up to
-    /// `grace` for the connections to finish.
+    /// `grace` in all for the connections to finish and then for the backend hooks (their
+    /// disconnect hooks among them) to be delivered.
     pub async fn shutdown(self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
         // Listening sockets first, so that nobody connects while the others are told to go.
         for listener in &self.listeners {
             listener.close();
         }
         self.shared.shutdown.cancel();
         self.connections.close();
-        if tokio::time::timeout(grace, self.connections.wait())
+        if tokio::time::timeout_at(deadline, self.connections.wait())
             .await
             .is_err()
         {
@@ -467,6 +471,8 @@ impl Handle {
                 "grace period over with connections open"
             );
         }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.shared.hooks.drain(left).await;
         for server in self.servers {
             server.abort();
         }

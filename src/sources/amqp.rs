@@ -141,7 +141,7 @@ impl AmqpEngine {
             tokio::select! {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        link.inbox.deliver(&delivery.data);
+                        link.inbox.deliver(&delivery.data).await;
                         acks.add(delivery.acker).await?;
                     }
                     Some(Err(error)) => return Err(error.into()),

@@ -196,11 +196,11 @@ impl Inbox {
     }
 
     /// Delivers one message body: a trigger object, or a list of them (a batch).
-    pub fn deliver(&self, body: &[u8]) {
+    pub async fn deliver(&self, body: &[u8]) {
         let config = &self.shared.config;
         match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
             Ok(triggers) => {
-                self.shared.publish(triggers, self.source);
+                self.shared.publish_batch(triggers, self.source).await;
             }
             Err(error) => {
                 Stats::incr(&self.shared.stats.triggers_invalid);

@@ -55,7 +55,7 @@ impl Engine for RedisEngine {
         loop {
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => link.inbox.deliver(message.get_payload_bytes()),
+                    Some(message) => link.inbox.deliver(message.get_payload_bytes()).await,
                     None => return Err(SourceError::Lost("the Redis connection closed")),
                 },
                 _ = ping_timer.tick() => {

@@ -2,8 +2,6 @@
 //!
 //! When a broker is unreachable the test fails, in CI and outside it (never a silent pass).
 
-use std::time::Duration;
-
 use high_templar::config::{
     AmqpSettings, RedisSettings, StreamSettings, DEFAULT_AMQP_STREAM_MAX_AGE,
     DEFAULT_AMQP_STREAM_MAX_BYTES,
@@ -15,7 +13,7 @@ use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOpti
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
-use super::{trigger, Client, WAIT};
+use super::{eventually, trigger, Client, WAIT};
 
 /// The test broker; override with `HT_TEST_AMQP_URL`.
 pub fn amqp_url() -> String {
@@ -140,18 +138,14 @@ pub fn with_stream(config: Config, exchange: &str, stream: &str) -> Config {
 /// Waits until `server` has warmed its history from its stream (and so is ready); returns
 /// the status's `stream` entry.
 pub async fn wait_warm(server: &Handle) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let status = server.status();
-        if status["stream"]["warm_up"]["state"] == "warm" {
-            return status["stream"].clone();
+        match status["stream"]["warm_up"]["state"] == "warm" {
+            true => Ok(status["stream"].clone()),
+            false => Err(format!("the stream did not warm: {status}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stream did not warm: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// The broker's id of the connection named after the node listening on `addr`.
@@ -180,35 +174,27 @@ pub fn with_redis(mut config: Config, url: &str, channel: &str) -> Config {
 /// Waits until the status field `field` (e.g. `amqp_connects`) reaches at least `n`, with the
 /// source connected; returns the status.
 pub async fn wait_for_connects(server: &Handle, source: &str, n: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let status = server.status();
         let connects = status[format!("{source}_connects")].as_u64().unwrap_or(0);
-        if connects >= n && status[format!("{source}_connected")] == Value::Bool(true) {
-            return status;
+        match connects >= n && status[format!("{source}_connected")] == Value::Bool(true) {
+            true => Ok(status),
+            false => Err(format!("{source} did not connect {n} time(s): {status}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{source} did not connect {n} time(s): {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until the status counter `field` reaches `n`.
 pub async fn wait_for_count(server: &Handle, field: &str, n: u64) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, || async {
         let status = server.status();
-        if status[field].as_u64().unwrap_or(0) >= n {
-            return status;
+        match status[field].as_u64().unwrap_or(0) >= n {
+            true => Ok(status),
+            false => Err(format!("{field} did not reach {n}: {status}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{field} did not reach {n}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Runs a broker admin command (`rabbitmqctl ...`, `redis-cli ...`), asserting it succeeded;

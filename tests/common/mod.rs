@@ -30,6 +30,29 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `check` succeeds, looking every 20 ms for up to `within`, and returns what it
+/// gave; panics with its last error (which should show the state it saw) after that. For what
+/// happens asynchronously and has no frame or request to wait on.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if tokio::time::Instant::now() >= deadline => {
+                panic!("not so after {within:?}: {state}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
 /// Lifts this process's soft open-files limit to the hard one, asserting the hard one allows
 /// `needed`: the default soft limit (often 1024) is far below what a test holding thousands of
 /// sockets needs (scripts/test.sh checks the hard limit).
@@ -114,9 +137,52 @@ pub struct Recorded {
 #[derive(Default)]
 struct BackendState {
     bootstrap: Mutex<Option<Reply>>,
+    /// The answer to every other path (the hooks); `None`: `200 {}` at once.
+    hooks: Mutex<Option<Reply>>,
     requests: Mutex<Vec<Recorded>>,
-    in_flight: std::sync::atomic::AtomicUsize,
-    max_in_flight: std::sync::atomic::AtomicUsize,
+    /// Paths of the requests answered, in the order their answers were sent.
+    answered: Mutex<Vec<String>>,
+    /// Requests being answered now, and the most ever at once: in all, and by path.
+    in_flight: Mutex<InFlight>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    now: usize,
+    max: usize,
+    by_path: HashMap<String, (usize, usize)>,
+}
+
+/// Counts one request as in flight while it lives (also when its connection drops it).
+struct InFlightGuard {
+    state: Arc<BackendState>,
+    path: String,
+}
+
+impl InFlightGuard {
+    fn new(state: &Arc<BackendState>, path: &str) -> InFlightGuard {
+        let mut in_flight = state.in_flight.lock().expect("lock");
+        in_flight.now += 1;
+        in_flight.max = in_flight.max.max(in_flight.now);
+        let (now, max) = in_flight.by_path.entry(path.to_string()).or_default();
+        *now += 1;
+        *max = (*max).max(*now);
+        drop(in_flight);
+        InFlightGuard {
+            state: state.clone(),
+            path: path.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut in_flight = self.state.in_flight.lock().expect("lock");
+        in_flight.now -= 1;
+        if let Some((now, _)) = in_flight.by_path.get_mut(&self.path) {
+            *now -= 1;
+        }
+    }
 }
 
 /// A small real HTTP backend, as Django would be.
@@ -177,11 +243,33 @@ impl TestBackend {
         *self.state.bootstrap.lock().expect("lock") = Some(reply);
     }
 
+    /// Answers every path but `bootstrap/` (the hooks) with `reply`.
+    pub fn set_hooks(&self, reply: Reply) {
+        *self.state.hooks.lock().expect("lock") = Some(reply);
+    }
+
     /// The most requests the backend was ever answering at once.
     pub fn max_in_flight(&self) -> usize {
-        self.state
-            .max_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.state.in_flight.lock().expect("lock").max
+    }
+
+    /// The most requests to paths ending in `suffix` the backend was ever answering at once
+    /// (per path: the maximum over the matching paths).
+    pub fn max_in_flight_at(&self, suffix: &str) -> usize {
+        let in_flight = self.state.in_flight.lock().expect("lock");
+        in_flight
+            .by_path
+            .iter()
+            .filter(|(path, _)| path.ends_with(suffix))
+            .map(|(_, (_, max))| *max)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How many requests to a path ending in `suffix` were answered (their answer sent).
+    pub fn answered(&self, suffix: &str) -> usize {
+        let answered = self.state.answered.lock().expect("lock");
+        answered.iter().filter(|p| p.ends_with(suffix)).count()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -190,21 +278,12 @@ impl TestBackend {
 
     /// Waits until a request to a path ending in `suffix` arrived, and returns it.
     pub async fn wait_for(&self, suffix: &str) -> Recorded {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(r) = self
-                .requests()
-                .into_iter()
-                .find(|r| r.path.ends_with(suffix))
-            {
-                return r;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no request to {suffix}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(WAIT, || async {
+            let requests = self.requests().into_iter();
+            let mut matching = requests.filter(|r| r.path.ends_with(suffix));
+            matching.next().ok_or(format!("no request to {suffix}"))
+        })
+        .await
     }
 }
 
@@ -226,6 +305,7 @@ async fn handle(
     _body: Bytes,
 ) -> impl IntoResponse {
     let path = uri.path().to_string();
+    let in_flight = InFlightGuard::new(&state, &path);
     state.requests.lock().expect("lock").push(Recorded {
         method,
         path: path.clone(),
@@ -239,9 +319,16 @@ async fn handle(
             .clone()
             .unwrap_or_else(|| Reply::status(404))
     } else {
-        Reply::ok(json!({}))
+        state
+            .hooks
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_else(|| Reply::ok(json!({})))
     };
     tokio::time::sleep(reply.delay).await;
+    state.answered.lock().expect("lock").push(path);
+    drop(in_flight);
     (
         StatusCode::from_u16(reply.status).expect("status"),
         reply.body,
