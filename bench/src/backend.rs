@@ -1,9 +1,12 @@
-//! The fake backend: answers `bootstrap/` at once with a wildcard room, so connection setup
-//! measures the server, not an API. It runs on its own thread and single-threaded runtime, so
+//! The fake backend: answers `bootstrap/` at once with a wildcard room (and, with
+//! `--allowed-rooms`, a large list, shared or one per connection), so connection setup measures
+//! the server, not an API. It runs on its own thread and single-threaded runtime, so
 //! bootstrap calls never wait behind the load generator's clients.
 
+use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -12,9 +15,39 @@ use axum::Router;
 /// Every benchmark room is `{"target":"bench","room":<name>}`; this allows them all.
 pub const BOOTSTRAP_BODY: &str = r#"{"allowed_rooms":[{"target":"bench","room":"*"}]}"#;
 
-/// Starts the backend on `listen` (port 0 for any); returns its address. It lives until the
-/// process exits.
-pub fn start(listen: SocketAddr) -> std::io::Result<SocketAddr> {
+/// What `bootstrap/` allows each connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lists {
+    /// Rooms `{"target":"message","customer":"<i>"}` besides the benchmark wildcard (a large
+    /// allowed list: 5,000 of them make a ~220 KB answer).
+    pub rooms: usize,
+    /// Every answer its own list (each connection a user of its own) instead of one shared by
+    /// all connections (users of one role).
+    pub distinct: bool,
+}
+
+impl Lists {
+    /// The answer to bootstrap number `n`.
+    fn body(&self, n: u64) -> String {
+        if self.rooms == 0 {
+            return BOOTSTRAP_BODY.to_string();
+        }
+        let mut body = String::with_capacity(48 * self.rooms + 100);
+        body.push_str(r#"{"allowed_rooms":[{"target":"bench","room":"*"}"#);
+        for i in 0..self.rooms {
+            let _ = match self.distinct {
+                true => write!(body, r#",{{"target":"message","customer":"{n}-{i}"}}"#),
+                false => write!(body, r#",{{"target":"message","customer":"{i}"}}"#),
+            };
+        }
+        body.push_str("]}");
+        body
+    }
+}
+
+/// Starts the backend on `listen` (port 0 for any), answering with `lists`; returns its
+/// address. It lives until the process exits.
+pub fn start(listen: SocketAddr, lists: Lists) -> std::io::Result<SocketAddr> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("fake-backend".into())
@@ -41,13 +74,22 @@ pub fn start(listen: SocketAddr) -> std::io::Result<SocketAddr> {
                 let listener = listener.tap_io(|stream| {
                     let _ = stream.set_nodelay(true);
                 });
+                let shared: Arc<str> = lists.body(0).into();
+                let answered = Arc::new(AtomicU64::new(0));
                 let router = Router::new().route(
                     "/api/bootstrap/",
-                    get(|| async {
-                        (
-                            [(axum::http::header::CONTENT_TYPE, "application/json")],
-                            BOOTSTRAP_BODY,
-                        )
+                    get(move || {
+                        let n = answered.fetch_add(1, Ordering::Relaxed);
+                        let body = match lists.distinct {
+                            true => lists.body(n),
+                            false => shared.to_string(),
+                        };
+                        async move {
+                            (
+                                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                body,
+                            )
+                        }
                     }),
                 );
                 if let Err(error) = axum::serve(listener, router).await {

@@ -67,6 +67,14 @@ struct Cli {
     /// generator measured itself (2,900/s, its CPU at 93 %); with 8, 12,700/s.
     #[arg(long, global = true, default_value_t = 8)]
     source_ips: u8,
+    /// Rooms the fake backend allows each connection besides the benchmark's own (a large
+    /// allowed list: 5,000 make a ~220 KB bootstrap answer).
+    #[arg(long, global = true, default_value_t = 0)]
+    allowed_rooms: usize,
+    /// With --allowed-rooms: every connection its own list (users with lists of their own)
+    /// instead of one list shared by all (users of one role).
+    #[arg(long, global = true)]
+    distinct_lists: bool,
     /// Connections being opened at once.
     #[arg(long, global = true, default_value_t = 200)]
     concurrency: usize,
@@ -159,7 +167,11 @@ fn main() -> ExitCode {
 
 /// Runs every requested server and run; returns whether no run reported a problem.
 async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<bool> {
-    let backend = backend::start(cli.backend_listen)?;
+    let lists = backend::Lists {
+        rooms: cli.allowed_rooms,
+        distinct: cli.distinct_lists,
+    };
+    let backend = backend::start(cli.backend_listen, lists)?;
     println!(
         "ht-bench {}: fake backend http://{backend}/api/, open-files limit {fd_limit}",
         cli.scenario.name()

@@ -247,12 +247,20 @@ impl Session {
         let allowed = match outcome {
             Ok(allowed) => allowed,
             Err(error) => {
-                tracing::info!(%error, "re-authorisation skipped: backend unavailable");
+                let request = &self.request;
+                tracing::info!(
+                    conn = %request.id, client = %request.client_ip, %error,
+                    "re-authorisation skipped: backend unavailable"
+                );
                 return;
             }
         };
         let Some(allowed) = allowed else {
-            tracing::info!("re-authorisation refused: closing");
+            let request = &self.request;
+            tracing::info!(
+                conn = %request.id, client = %request.client_ip,
+                "re-authorisation refused: closing"
+            );
             self.outbox.push_reply(answer::NOT_AUTHORIZED);
             self.outbox.close(NOT_AUTHORIZED);
             return;
