@@ -88,6 +88,75 @@ async fn websockets_work_over_tls() {
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
 }
 
+/// The server's end of a wss:// websocket has TCP_NODELAY, as a ws:// one has: without it a
+/// small frame written while the previous one is unacknowledged waits for the client's delayed
+/// ACK (up to 40 ms on loopback). The TLS path once went through an acceptor that did not set it.
+#[tokio::test]
+async fn the_server_end_of_a_tls_websocket_has_tcp_nodelay() {
+    let (server, connector) = tls_server(|_| {}).await;
+    let tls = tls_connect(&server, &connector).await;
+    let client = tls.get_ref().0.local_addr().expect("client address");
+    let url = format!("wss://localhost:{}/ws/", server.local_addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("websocket over TLS");
+    ws.next().await.expect("frame").expect("valid");
+    let nodelay = server_end_nodelay(server.local_addr.port(), client.port());
+    assert_eq!(nodelay, Some(true), "TCP_NODELAY of the server's end");
+
+    // The same for a plain websocket on a server without TLS.
+    let backend = TestBackend::start(Reply::ok(json!({"allowed_rooms": []}))).await;
+    let plain = start(config_for(&backend)).await;
+    let tcp = TcpStream::connect(plain.local_addr).await.expect("tcp");
+    let client = tcp.local_addr().expect("client address");
+    let url = format!("ws://127.0.0.1:{}/ws/", plain.local_addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("websocket");
+    ws.next().await.expect("frame").expect("valid");
+    let nodelay = server_end_nodelay(plain.local_addr.port(), client.port());
+    assert_eq!(nodelay, Some(true), "TCP_NODELAY of the server's end");
+}
+
+/// TCP_NODELAY of this process's socket bound to `server_port` and connected to `client_port`
+/// on 127.0.0.1 (the server runs in the test's process); `None` when there is none.
+fn server_end_nodelay(server_port: u16, client_port: u16) -> Option<bool> {
+    fn port(fd: i32, peer: bool) -> Option<u16> {
+        // SAFETY: a zeroed sockaddr_in is valid, and the length passed is its size.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let ptr = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        let got = match peer {
+            true => unsafe { libc::getpeername(fd, ptr, &mut len) },
+            false => unsafe { libc::getsockname(fd, ptr, &mut len) },
+        };
+        (got == 0 && i32::from(addr.sin_family) == libc::AF_INET)
+            .then(|| u16::from_be(addr.sin_port))
+    }
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if port(fd, false) != Some(server_port) || port(fd, true) != Some(client_port) {
+            continue;
+        }
+        let mut flag: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `flag` is a c_int and `len` its size, as TCP_NODELAY reads.
+        let got = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &mut flag as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        return (got == 0).then_some(flag != 0);
+    }
+    None
+}
+
 /// The request-head deadline holds over TLS: from the accept, handshake included.
 #[tokio::test]
 async fn over_tls_slow_handshakes_and_trickled_heads_are_closed_at_the_deadline() {
