@@ -89,7 +89,11 @@ fi
 step "echo server (examples/autobahn_echo.rs)"
 cargo build --locked --example autobahn_echo
 echo_log=$WORK/echo.log
-target/debug/examples/autobahn_echo 127.0.0.1:0 > "$echo_log" 2>&1 &
+# Created here, not by the background job's redirection: on a loaded machine the first read
+# below can come before the job has opened it (seen in CI: sed found no file, and set -e ended
+# the script).
+: > "$echo_log"
+target/debug/examples/autobahn_echo 127.0.0.1:0 >> "$echo_log" 2>&1 &
 echo_pid=$!
 trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
 addr=
