@@ -42,7 +42,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         |n| gauge(n.gate().is_closed()),
     ),
     ("triggers_received", "Triggers received, by source", |n| {
-        let s = &n.stats();
+        let s = n.stats();
         counter_by(
             "source",
             [
@@ -67,7 +67,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         "trigger_source_connects",
         "Broker sessions established, by source (more than 1: it reconnected)",
         |n| {
-            let s = &n.stats();
+            let s = n.stats();
             counter_by(
                 "source",
                 [("amqp", &s.amqp.connects), ("redis", &s.redis.connects)],
@@ -112,7 +112,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         |n| counter_by("reason", n.stats().refusals()),
     ),
     ("limits_hit", "Client limits enforced, by limit", |n| {
-        let s = &n.stats();
+        let s = n.stats();
         counter_by(
             "limit",
             [
@@ -127,7 +127,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         "hooks_dropped",
         "Backend hooks not called because the node's bound on them was full, by hook",
         |n| {
-            let s = &n.stats();
+            let s = n.stats();
             counter_by(
                 "hook",
                 [
@@ -155,7 +155,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         "recoveries",
         "Resumes with since, by result (recovered, or why not)",
         |n| {
-            let s = &n.stats();
+            let s = n.stats();
             counter_by(
                 "result",
                 [

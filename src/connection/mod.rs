@@ -90,7 +90,7 @@ pub(crate) async fn run<G: Send>(
             // The node began shutting down during the bootstrap.
             let finish =
                 open.socket
-                    .finish(None, Some(SERVER_SHUTDOWN), &shared.stats(), CLOSE_GRACE);
+                    .finish(None, Some(SERVER_SHUTDOWN), shared.stats(), CLOSE_GRACE);
             return Box::pin(finish).await;
         };
         let stats = shared.stats();

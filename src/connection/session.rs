@@ -71,7 +71,7 @@ impl Session {
 
     /// Handles one text message from the client.
     pub fn on_text(&mut self, text: &str) {
-        let stats = &self.shared.stats();
+        let stats = self.shared.stats();
         Stats::incr(&stats.ws_messages_received);
         self.outbox.active(crate::clock::now_ms());
         let policy = &self.shared.config().policy;
@@ -164,7 +164,7 @@ impl Session {
     /// newest position, and, resuming with `since`, whether what it missed will be replayed.
     fn subscribe_with_positions(&mut self, request_id: String, room: Room, positions: Positions) {
         self.leave(&request_id);
-        let stats = &self.shared.stats();
+        let stats = self.shared.stats();
         let id = self.shared.next_subscription_id();
         let request_id_json: Arc<str> = Value::from(request_id.as_str()).to_string().into();
         let replaying = Arc::new(AtomicBool::new(false));
@@ -177,10 +177,10 @@ impl Session {
             Positions::Since(since) => Some(since),
             _ => None,
         };
-        let sequencer = &self.shared.sequencer();
+        let sequencer = self.shared.sequencer();
         let outbox = &self.outbox;
         let joined = sequencer.subscribe(
-            &self.shared.hub(),
+            self.shared.hub(),
             &room,
             id,
             subscriber,

@@ -33,7 +33,7 @@ pub(super) async fn trigger_handler(
 /// token-protected route and the demo's open one.
 pub(crate) async fn accept_triggers(state: &AppState, body: &[u8]) -> Response {
     let shared = &state.shared;
-    let config = &shared.config();
+    let config = shared.config();
     match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
         Ok(triggers) => {
             #[cfg(feature = "amqp")]

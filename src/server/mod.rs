@@ -129,7 +129,7 @@ impl Server {
         let shared = new_node(config, backend, &capacity);
         spawn_timers(&shared);
 
-        let config = &shared.config();
+        let config = shared.config();
         if config.demo {
             announce_demo(local_addr);
         }
@@ -245,7 +245,7 @@ fn spawn_timers(shared: &Arc<Node>) {
     let sweeper = shared.clone();
     tokio::spawn(async move {
         let shutdown = sweeper.shutdown().clone();
-        sweeper.registry().run(&sweeper.stats(), shutdown).await;
+        sweeper.registry().run(sweeper.stats(), shutdown).await;
     });
     if let Some(every) = shared.config().log_summary_interval {
         let (stats, shutdown) = (shared.stats().clone(), shared.shutdown().clone());
@@ -410,7 +410,7 @@ impl Handle {
         if self.shared.stream().is_some() {
             return Err(TriggerError::StreamOnly);
         }
-        let config = &self.shared.config();
+        let config = self.shared.config();
         let triggers =
             Trigger::parse_batch(trigger_json, &config.policy.room_limits, config.max_batch)?;
         Ok(self.shared.publish(triggers, TriggerSource::Api))

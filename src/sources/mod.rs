@@ -197,7 +197,7 @@ impl Inbox {
 
     /// Delivers one message body: a trigger object, or a list of them (a batch).
     pub async fn deliver(&self, body: &[u8]) {
-        let config = &self.shared.config();
+        let config = self.shared.config();
         match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
             Ok(triggers) => {
                 self.shared.publish_batch(triggers, self.source).await;
@@ -214,7 +214,7 @@ impl Inbox {
     /// any bad message (counted, logged), since its triggers would share one position.
     #[cfg(feature = "amqp")]
     pub fn parse_one(&self, body: &[u8]) -> Option<Trigger> {
-        let config = &self.shared.config();
+        let config = self.shared.config();
         match Trigger::parse_batch(body, &config.policy.room_limits, 1) {
             Ok(mut triggers) => triggers.pop(),
             Err(error) => {

@@ -207,7 +207,7 @@ impl Reader<'_> {
                     "the stream no longer holds what this node had not read; declared lost"
                 );
                 status.losses.fetch_add(1, Ordering::Relaxed);
-                node.sequencer().lose_through(offset, &node.hub());
+                node.sequencer().lose_through(offset, node.hub());
             }
             // A warm-up holds nothing before its first message.
             None => {
@@ -277,7 +277,7 @@ impl Reader<'_> {
         let held = status.cursor().as_ref().map(|(epoch, _)| epoch.clone());
         let entries = warm.history.len();
         node.sequencer()
-            .adopt(self.epoch.clone(), warm.history, warm.top, &node.hub());
+            .adopt(self.epoch.clone(), warm.history, warm.top, node.hub());
         if held.is_some_and(|held| held != self.epoch) {
             status.epoch_changes.fetch_add(1, Ordering::Relaxed);
         }
