@@ -23,26 +23,26 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     (
         "connections",
         "Open, authorised websocket connections",
-        |n| gauge(Stats::get(&n.stats.open_connections)),
+        |n| gauge(Stats::get(&n.stats().open_connections)),
     ),
     ("rooms", "Rooms with at least one subscription", |n| {
-        gauge(n.hub.num_rooms())
+        gauge(n.hub().num_rooms())
     }),
     ("subscriptions", "Subscriptions on this node", |n| {
-        gauge(n.hub.num_subscriptions())
+        gauge(n.hub().num_subscriptions())
     }),
     (
         "allowed_room_lists",
         "Distinct allowed-room lists held; connections given the same list share one",
-        |n| gauge(n.gate.allowed_lists().len()),
+        |n| gauge(n.gate().allowed_lists().len()),
     ),
     (
         "backend_circuit_closed",
         "1 while the backend circuit breaker lets calls through",
-        |n| gauge(n.gate.is_closed()),
+        |n| gauge(n.gate().is_closed()),
     ),
     ("triggers_received", "Triggers received, by source", |n| {
-        let s = &n.stats;
+        let s = n.stats();
         counter_by(
             "source",
             [
@@ -56,18 +56,18 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     (
         "amqp_connected",
         "1 while connected to the AMQP broker (only when configured)",
-        |n| n.stats.amqp.connected().and_then(gauge),
+        |n| n.stats().amqp.connected().and_then(gauge),
     ),
     (
         "redis_connected",
         "1 while subscribed on Redis (only when configured)",
-        |n| n.stats.redis.connected().and_then(gauge),
+        |n| n.stats().redis.connected().and_then(gauge),
     ),
     (
         "trigger_source_connects",
         "Broker sessions established, by source (more than 1: it reconnected)",
         |n| {
-            let s = &n.stats;
+            let s = n.stats();
             counter_by(
                 "source",
                 [("amqp", &s.amqp.connects), ("redis", &s.redis.connects)],
@@ -75,44 +75,44 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         },
     ),
     ("triggers_invalid", "Triggers refused as malformed", |n| {
-        counter(&n.stats.triggers_invalid)
+        counter(&n.stats().triggers_invalid)
     }),
     (
         "client_messages_received",
         "Text frames received from clients",
-        |n| counter(&n.stats.ws_messages_received),
+        |n| counter(&n.stats().ws_messages_received),
     ),
     ("messages_sent", "Frames written to websockets", |n| {
-        counter(&n.stats.ws_messages_send)
+        counter(&n.stats().ws_messages_send)
     }),
     (
         "messages_queued",
         "Publish frames queued for websockets",
-        |n| counter(&n.stats.ws_messages_send_queued),
+        |n| counter(&n.stats().ws_messages_send_queued),
     ),
     (
         "send_errors",
         "Frames that could not be queued or written",
-        |n| counter(&n.stats.ws_messages_send_error),
+        |n| counter(&n.stats().ws_messages_send_error),
     ),
     (
         "slow_client_disconnects",
         "Clients disconnected for not keeping up",
-        |n| counter(&n.stats.slow_client_disconnects),
+        |n| counter(&n.stats().slow_client_disconnects),
     ),
     ("connections_opened", "Authorised websockets opened", |n| {
-        counter(&n.stats.connections_opened)
+        counter(&n.stats().connections_opened)
     }),
     ("connections_closed", "Authorised websockets closed", |n| {
-        counter(&n.stats.connections_closed)
+        counter(&n.stats().connections_closed)
     }),
     (
         "connections_refused",
         "Sockets refused or closed before becoming open websockets, by reason",
-        |n| counter_by("reason", n.stats.refusals()),
+        |n| counter_by("reason", n.stats().refusals()),
     ),
     ("limits_hit", "Client limits enforced, by limit", |n| {
-        let s = &n.stats;
+        let s = n.stats();
         counter_by(
             "limit",
             [
@@ -127,7 +127,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
         "hooks_dropped",
         "Backend hooks not called because the node's bound on them was full, by hook",
         |n| {
-            let s = &n.stats;
+            let s = n.stats();
             counter_by(
                 "hook",
                 [
@@ -141,21 +141,21 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     (
         "backend_errors",
         "Bootstrap calls that failed (down, 5xx, timeout, breaker)",
-        |n| counter(&n.stats.backend_errors),
+        |n| counter(&n.stats().backend_errors),
     ),
     ("history_entries", "Triggers held for recovery", |n| {
-        gauge(n.sequencer.sizes().1)
+        gauge(n.sequencer().sizes().1)
     }),
     (
         "history_bytes",
         "What the held triggers cost (payloads and index), against history_memory",
-        |n| gauge(n.sequencer.sizes().2),
+        |n| gauge(n.sequencer().sizes().2),
     ),
     (
         "recoveries",
         "Resumes with since, by result (recovered, or why not)",
         |n| {
-            let s = &n.stats;
+            let s = n.stats();
             counter_by(
                 "result",
                 [
@@ -171,27 +171,27 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     (
         "replayed",
         "Publish frames sent from the history by recoveries",
-        |n| counter(&n.stats.replayed),
+        |n| counter(&n.stats().replayed),
     ),
     (
         "gap_notices",
         "Gap notices sent to subscriptions with positions that lost publishes",
-        |n| counter(&n.stats.gap_notices),
+        |n| counter(&n.stats().gap_notices),
     ),
     (
         "gap_drops",
         "Publishes dropped for subscriptions with positions whose connection fell behind",
-        |n| counter(&n.stats.gap_drops),
+        |n| counter(&n.stats().gap_drops),
     ),
     (
         "stream_warm",
         "1 once the history is warmed from the shared stream (amqp_stream)",
-        |n| gauge(n.stream.as_ref()?.is_warm()),
+        |n| gauge(n.stream()?.is_warm()),
     ),
     (
         "stream_offset",
         "Last shared-stream offset taken in (-1: none yet)",
-        |n| match n.stream.as_ref()?.offset() {
+        |n| match n.stream()?.offset() {
             Some(offset) => gauge(offset),
             None => gauge(-1),
         },
@@ -199,26 +199,22 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     (
         "stream_lag_seconds",
         "How far behind the shared stream's tail the node reads (age of its oldest unread mark)",
-        |n| {
-            Some(Reading::Seconds(
-                n.stream.as_ref()?.lag_ms() as f64 / 1000.0,
-            ))
-        },
+        |n| Some(Reading::Seconds(n.stream()?.lag_ms() as f64 / 1000.0)),
     ),
     (
         "stream_epoch_changes",
         "Times the shared stream was found with another epoch (recreated)",
-        |n| counter(&n.stream.as_ref()?.epoch_changes),
+        |n| counter(&n.stream()?.epoch_changes),
     ),
     (
         "stream_losses",
         "Times the shared stream no longer held what the node had not read",
-        |n| counter(&n.stream.as_ref()?.losses),
+        |n| counter(&n.stream()?.losses),
     ),
     (
         "reauth_unsubscribed",
         "Subscriptions dropped by re-authorisation",
-        |n| counter(&n.stats.reauth_unsubscribed),
+        |n| counter(&n.stats().reauth_unsubscribed),
     ),
 ];
 
@@ -306,7 +302,7 @@ pub(crate) fn render(shared: &Arc<Node>) -> String {
     registry.register(
         "backend_request_duration_seconds",
         "Bootstrap call latency",
-        shared.stats.backend_latency.clone(),
+        shared.stats().backend_latency.clone(),
     );
     registry.register_collector(Box::new(NodeCollector(shared.clone())));
     let mut text = String::new();

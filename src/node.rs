@@ -18,29 +18,29 @@ use crate::room::AllowedRooms;
 use crate::sequencer::Sequencer;
 use crate::stats::stream::StreamStatus;
 use crate::stats::{Stats, TriggerSource};
-use crate::sweeper::Registry;
+use crate::sweeper::{Registry, Timers};
 
 /// State shared by every connection and handler of a node.
 pub(crate) struct Node {
-    pub config: Config,
-    pub hub: Hub,
+    config: Config,
+    hub: Hub,
     /// Positions, history and the order of fan-outs.
-    pub sequencer: Sequencer,
-    pub stats: Arc<Stats>,
-    pub backend: Arc<dyn Backend>,
+    sequencer: Sequencer,
+    stats: Arc<Stats>,
+    backend: Arc<dyn Backend>,
     /// Concurrency limit and circuit breaker in front of the backend.
-    pub gate: BackendGate,
+    gate: BackendGate,
     /// The backend hooks in flight: bounded, and waited for on shutdown.
-    pub hooks: Hooks,
+    hooks: Hooks,
     /// Origin check and connection counts.
-    pub admission: Arc<Admission>,
+    admission: Arc<Admission>,
     /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// With `amqp_stream`: where the node stands in the shared stream.
-    pub stream: Option<Arc<StreamStatus>>,
+    stream: Option<Arc<StreamStatus>>,
     /// Every open connection, with the node-wide timer that keeps their deadlines.
-    pub registry: Registry,
-    pub(crate) next_subscription: AtomicU64,
+    registry: Registry,
+    next_subscription: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -50,6 +50,87 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
+    /// A node for `config`, asking `backend`; `stream` is its place in the shared stream (with
+    /// `amqp_stream`), `max_connections` the admission's bound.
+    pub fn new(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        stream: Option<Arc<StreamStatus>>,
+        max_connections: usize,
+    ) -> Self {
+        let stats = Arc::new(Stats::new());
+        let policy = &config.policy;
+        Node {
+            stream,
+            hub: Hub::new(),
+            sequencer: Sequencer::new(config.history),
+            gate: BackendGate::new(policy.max_concurrent_bootstraps, config.backend.timeout),
+            admission: Arc::new(Admission::new(
+                policy.clone(),
+                max_connections,
+                stats.clone(),
+            )),
+            hooks: Hooks::new(backend.clone(), stats.clone()),
+            stats,
+            backend,
+            shutdown: CancellationToken::new(),
+            registry: Registry::new(Timers {
+                idle_timeout: config.idle_timeout,
+                ping_interval: policy.ws_ping_interval,
+                reauth_interval: policy.reauth_interval,
+            }),
+            next_subscription: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Positions, history and the order of fan-outs.
+    pub fn sequencer(&self) -> &Sequencer {
+        &self.sequencer
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Concurrency limit and circuit breaker in front of the backend.
+    pub fn gate(&self) -> &BackendGate {
+        &self.gate
+    }
+
+    /// The backend hooks in flight: bounded, and waited for on shutdown.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    /// Origin check and connection counts.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// Cancelled on shutdown: every connection closes with 1001, every trigger source stops.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// With `amqp_stream`: where the node stands in the shared stream.
+    pub fn stream(&self) -> Option<&Arc<StreamStatus>> {
+        self.stream.as_ref()
+    }
+
+    /// Every open connection, with the node-wide timer that keeps their deadlines.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn next_subscription_id(&self) -> SubscriptionId {
         self.next_subscription.fetch_add(1, Ordering::Relaxed)
     }

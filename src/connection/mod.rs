@@ -88,18 +88,18 @@ pub(crate) async fn run<G: Send>(
         let Some(mut open) = Box::pin(open(io, &request, &shared)).await else {
             return;
         };
-        let Some(registration) = shared.registry.register(open.session.outbox()) else {
+        let Some(registration) = shared.registry().register(open.session.outbox()) else {
             // The node began shutting down during the bootstrap.
             let finish =
                 open.socket
-                    .finish(None, Some(SERVER_SHUTDOWN), &shared.stats, CLOSE_GRACE);
+                    .finish(None, Some(SERVER_SHUTDOWN), shared.stats(), CLOSE_GRACE);
             return Box::pin(finish).await;
         };
-        let stats = &shared.stats;
+        let stats = shared.stats();
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
         Stats::incr(&stats.connections_opened);
         tracing::debug!("connection opened");
-        shared.hooks.spawn(&request, Hook::Connect);
+        shared.hooks().spawn(&request, Hook::Connect);
         let end = serve(&mut open.socket, &mut open.session, stats).await;
         open.session.unsubscribe_all();
         drop(registration);
@@ -111,7 +111,7 @@ pub(crate) async fn run<G: Send>(
             reason = reason.reason,
             "connection closed"
         );
-        shared.hooks.spawn(&request, Hook::Disconnect);
+        shared.hooks().spawn(&request, Hook::Disconnect);
     }
     .instrument(span)
     .await;
@@ -121,9 +121,9 @@ pub(crate) async fn run<G: Send>(
 /// The bootstrap: the backend's answer, sent to the client. `None` when refused (the refusal
 /// is sent and the socket closed here).
 async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Option<Open> {
-    let stats = &shared.stats;
-    let budget = budget::Budget::new(&shared.config.policy);
-    let mut socket = Socket::new(io, shared.config.max_message_size, budget);
+    let stats = shared.stats();
+    let budget = budget::Budget::new(&shared.config().policy);
+    let mut socket = Socket::new(io, shared.config().max_message_size, budget);
     let bootstrap = shared.bootstrap(request).await;
     let allowed = match bootstrap {
         Ok(allowed) => allowed,
@@ -161,8 +161,8 @@ async fn open(io: Io, request: &Arc<ConnectRequest>, shared: &Arc<Node>) -> Opti
     socket.queue_shared_text(allowed.first_payload());
     let outbox = Outbox::new(
         QueueBound {
-            frames: shared.config.outgoing_queue,
-            bytes: shared.config.outgoing_queue_bytes,
+            frames: shared.config().outgoing_queue,
+            bytes: shared.config().outgoing_queue_bytes,
         },
         stats.clone(),
     );

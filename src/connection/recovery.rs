@@ -86,10 +86,10 @@ impl Recoveries {
                     }
                     recovery.cursor = trigger.position;
                     recovery.pending.pop_front();
-                    Stats::incr(&node.stats.replayed);
+                    Stats::incr(&node.stats().replayed);
                     queued = true;
                 }
-                let next = node.sequencer.replay(
+                let next = node.sequencer().replay(
                     &recovery.room,
                     recovery.cursor,
                     REPLAY_CHUNK,
@@ -100,7 +100,7 @@ impl Recoveries {
                     Replay::Lost { through } => {
                         // Let go of before the client read it: it learns what it lost, as a
                         // connection that fell behind does, and the replay goes on after.
-                        Stats::incr(&node.stats.gap_notices);
+                        Stats::incr(&node.stats().gap_notices);
                         outbox.push_reply(&protocol::gap(&recovery.request_id_json, through));
                         recovery.cursor = through;
                         queued = true;

@@ -71,16 +71,16 @@ impl Session {
 
     /// Handles one text message from the client.
     pub fn on_text(&mut self, text: &str) {
-        let stats = &self.shared.stats;
+        let stats = self.shared.stats();
         Stats::incr(&stats.ws_messages_received);
         self.outbox.active(crate::clock::now_ms());
-        let policy = &self.shared.config.policy;
+        let policy = &self.shared.config().policy;
         let message = ClientMessage::parse(text, &policy.room_limits);
         let status;
         let connection_error;
         let reply: &str = match message {
             ClientMessage::Ping => {
-                self.shared.hooks.spawn(&self.request, Hook::Ping);
+                self.shared.hooks().spawn(&self.request, Hook::Ping);
                 answer::PONG
             }
             ClientMessage::Subscribe {
@@ -116,7 +116,7 @@ impl Session {
             } => match self.subscriptions.remove(&id) {
                 Some((sub_id, room)) => {
                     self.recoveries.cancel(&id);
-                    self.shared.hub.unsubscribe(&room, sub_id);
+                    self.shared.hub().unsubscribe(&room, sub_id);
                     answer::SUCCESS
                 }
                 None => answer::NOT_SUBSCRIBED,
@@ -148,7 +148,7 @@ impl Session {
             request_id_json: Value::from(request_id.as_str()).to_string().into(),
             positions: None,
         };
-        self.shared.hub.subscribe(&room, id, subscriber);
+        self.shared.hub().subscribe(&room, id, subscriber);
         self.subscriptions.insert(request_id, (id, room));
     }
 
@@ -156,7 +156,7 @@ impl Session {
     fn leave(&mut self, request_id: &str) {
         self.recoveries.cancel(request_id);
         if let Some((old_id, old_room)) = self.subscriptions.remove(request_id) {
-            self.shared.hub.unsubscribe(&old_room, old_id);
+            self.shared.hub().unsubscribe(&old_room, old_id);
         }
     }
 
@@ -164,7 +164,7 @@ impl Session {
     /// newest position, and, resuming with `since`, whether what it missed will be replayed.
     fn subscribe_with_positions(&mut self, request_id: String, room: Room, positions: Positions) {
         self.leave(&request_id);
-        let stats = &self.shared.stats;
+        let stats = self.shared.stats();
         let id = self.shared.next_subscription_id();
         let request_id_json: Arc<str> = Value::from(request_id.as_str()).to_string().into();
         let replaying = Arc::new(AtomicBool::new(false));
@@ -177,10 +177,10 @@ impl Session {
             Positions::Since(since) => Some(since),
             _ => None,
         };
-        let sequencer = &self.shared.sequencer;
+        let sequencer = self.shared.sequencer();
         let outbox = &self.outbox;
         let joined = sequencer.subscribe(
-            &self.shared.hub,
+            self.shared.hub(),
             &room,
             id,
             subscriber,
@@ -216,7 +216,7 @@ impl Session {
         self.recoveries.clear();
         let subscriptions = std::mem::take(&mut self.subscriptions);
         self.shared
-            .hub
+            .hub()
             .unsubscribe_all(subscriptions.values().map(|(id, room)| (room, *id)));
     }
 
@@ -275,8 +275,8 @@ impl Session {
         for rid in revoked {
             if let Some((id, room)) = self.subscriptions.remove(&rid) {
                 self.recoveries.cancel(&rid);
-                self.shared.hub.unsubscribe(&room, id);
-                Stats::incr(&self.shared.stats.reauth_unsubscribed);
+                self.shared.hub().unsubscribe(&room, id);
+                Stats::incr(&self.shared.stats().reauth_unsubscribed);
                 self.outbox.push_reply(&protocol::unsubscribed(&rid));
             }
         }

@@ -18,7 +18,7 @@ pub(super) async fn trigger_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(token) = &state.shared.config.trigger_token {
+    if let Some(token) = &state.shared.config().trigger_token {
         if !bearer_matches(&headers, token) {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -33,7 +33,7 @@ pub(super) async fn trigger_handler(
 /// token-protected route and the demo's open one.
 pub(crate) async fn accept_triggers(state: &AppState, body: &[u8]) -> Response {
     let shared = &state.shared;
-    let config = &shared.config;
+    let config = shared.config();
     match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
         Ok(triggers) => {
             #[cfg(feature = "amqp")]
@@ -45,7 +45,7 @@ pub(crate) async fn accept_triggers(state: &AppState, body: &[u8]) -> Response {
             Json(json!({"delivered": delivered, "triggers": count})).into_response()
         }
         Err(problem) => {
-            Stats::incr(&shared.stats.triggers_invalid);
+            Stats::incr(&shared.stats().triggers_invalid);
             tracing::info!(error = %problem, "refused HTTP trigger");
             error(StatusCode::BAD_REQUEST, &problem.to_string())
         }
@@ -78,8 +78,8 @@ pub(super) async fn metrics_handler(State(state): State<AppState>) -> Response {
 /// shared stream, once the history is warm (a node that lost its broker stays ready: it
 /// keeps its history and resumes where it stopped).
 pub(super) async fn ready_handler(State(state): State<AppState>) -> Response {
-    let backend_ok = state.shared.gate.is_closed();
-    let warm = state.shared.stream.as_ref().is_none_or(|s| s.is_warm());
+    let backend_ok = state.shared.gate().is_closed();
+    let warm = state.shared.stream().is_none_or(|s| s.is_warm());
     let ready = backend_ok && warm;
     let status = if ready {
         StatusCode::OK

@@ -10,7 +10,6 @@
 //! upgrades it or `http.rs` answers it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,6 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod capacity;
@@ -42,22 +40,17 @@ use pending::Pending;
 pub use pending::EVICT_AFTER;
 use websocket::ws_handler;
 
-use crate::admission::Admission;
-use crate::backend::{Backend, BackendGate, HttpBackend};
+use crate::backend::{Backend, HttpBackend};
 use crate::config::Config;
 use crate::demo::DemoBackend;
-use crate::hooks::Hooks;
-use crate::hub::Hub;
 use crate::node::Node;
 use crate::protocol::{Trigger, TriggerError};
-use crate::sequencer::Sequencer;
 #[cfg(feature = "amqp")]
 use crate::sources::amqp::{AmqpEngine, Publisher};
 #[cfg(feature = "redis")]
 use crate::sources::redis::RedisEngine;
 use crate::stats::stream::StreamStatus;
-use crate::stats::{Stats, TriggerSource};
-use crate::sweeper::{Registry, Timers};
+use crate::stats::TriggerSource;
 
 /// How long a trigger source gets to close its broker connection on shutdown.
 const SOURCE_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -136,7 +129,7 @@ impl Server {
         let shared = new_node(config, backend, &capacity);
         spawn_timers(&shared);
 
-        let config = &shared.config;
+        let config = shared.config();
         if config.demo {
             announce_demo(local_addr);
         }
@@ -233,8 +226,6 @@ fn http_trigger_publisher(config: &Config) -> Option<Publisher> {
 
 /// The node's shared state, sized by `capacity`.
 fn new_node(config: Config, backend: Arc<dyn Backend>, capacity: &Capacity) -> Arc<Node> {
-    let stats = Arc::new(Stats::new());
-    let policy = &config.policy;
     let stream = config
         .amqp
         .as_ref()
@@ -245,28 +236,7 @@ fn new_node(config: Config, backend: Arc<dyn Backend>, capacity: &Capacity) -> A
                 crate::sources::stream::new_id("n"),
             ))
         });
-    Arc::new(Node {
-        stream,
-        hub: Hub::new(),
-        sequencer: Sequencer::new(config.history),
-        gate: BackendGate::new(policy.max_concurrent_bootstraps, config.backend.timeout),
-        admission: Arc::new(Admission::new(
-            policy.clone(),
-            capacity.max_connections,
-            stats.clone(),
-        )),
-        hooks: Hooks::new(backend.clone(), stats.clone()),
-        stats,
-        backend,
-        shutdown: CancellationToken::new(),
-        registry: Registry::new(Timers {
-            idle_timeout: config.idle_timeout,
-            ping_interval: policy.ws_ping_interval,
-            reauth_interval: policy.reauth_interval,
-        }),
-        next_subscription: AtomicU64::new(0),
-        config,
-    })
+    Arc::new(Node::new(config, backend, stream, capacity.max_connections))
 }
 
 /// The node-wide timers: the sweeper over every connection, and the periodic summary line.
@@ -274,11 +244,11 @@ fn new_node(config: Config, backend: Arc<dyn Backend>, capacity: &Capacity) -> A
 fn spawn_timers(shared: &Arc<Node>) {
     let sweeper = shared.clone();
     tokio::spawn(async move {
-        let shutdown = sweeper.shutdown.clone();
-        sweeper.registry.run(&sweeper.stats, shutdown).await;
+        let shutdown = sweeper.shutdown().clone();
+        sweeper.registry().run(sweeper.stats(), shutdown).await;
     });
-    if let Some(every) = shared.config.log_summary_interval {
-        let (stats, shutdown) = (shared.stats.clone(), shared.shutdown.clone());
+    if let Some(every) = shared.config().log_summary_interval {
+        let (stats, shutdown) = (shared.stats().clone(), shared.shutdown().clone());
         tokio::spawn(crate::summary::run(stats, every, shutdown));
     }
 }
@@ -342,7 +312,7 @@ fn serve(
     intake: Option<&Intake>,
 ) -> (ClosableListener, JoinHandle<()>) {
     let listener = ClosableListener::new(listener);
-    let policy = &shared.config.policy;
+    let policy = &shared.config().policy;
     let pending = Pending::new(
         capacity.pending_per_listener,
         EVICT_AFTER.min(policy.request_head_timeout),
@@ -351,8 +321,8 @@ fn serve(
         router,
         tls,
         head_timeout: policy.request_head_timeout,
-        stats: shared.stats.clone(),
-        shutdown: shared.shutdown.clone(),
+        stats: shared.stats().clone(),
+        shutdown: shared.shutdown().clone(),
     });
     let serve = listener::serve(listener.clone(), pending, settings);
     let server = match intake {
@@ -381,18 +351,18 @@ fn start_sources(
 ) -> Vec<JoinHandle<()>> {
     let mut sources = Vec::new();
     #[cfg(feature = "amqp")]
-    if let Some(amqp) = &shared.config.amqp {
+    if let Some(amqp) = &shared.config().amqp {
         let publisher = amqp_publisher.unwrap_or_else(|| Publisher::new(&amqp.exchange));
         // Names this node in the broker's connection list.
         let name = format!("high-templar {} on {local_addr}", env!("CARGO_PKG_VERSION"));
         let mut engine = AmqpEngine::new(amqp.clone(), name, publisher);
-        if let Some(stream) = &shared.stream {
+        if let Some(stream) = shared.stream() {
             engine = engine.with_stream(shared.clone(), stream.clone());
         }
         sources.push(intake.spawn(crate::sources::run(engine, shared.clone())));
     }
     #[cfg(feature = "redis")]
-    if let Some(redis) = &shared.config.redis {
+    if let Some(redis) = &shared.config().redis {
         let engine = RedisEngine::new(redis.clone());
         sources.push(intake.spawn(crate::sources::run(engine, shared.clone())));
     }
@@ -437,10 +407,10 @@ impl Handle {
     /// shared stream (`amqp_stream`) refuses it ([`TriggerError::StreamOnly`]): a trigger
     /// taken in here would have no stream position; publish it into the exchange instead.
     pub fn publish(&self, trigger_json: &[u8]) -> Result<usize, TriggerError> {
-        if self.shared.stream.is_some() {
+        if self.shared.stream().is_some() {
             return Err(TriggerError::StreamOnly);
         }
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let triggers =
             Trigger::parse_batch(trigger_json, &config.policy.room_limits, config.max_batch)?;
         Ok(self.shared.publish(triggers, TriggerSource::Api))
@@ -460,7 +430,7 @@ impl Handle {
         for listener in &self.listeners {
             listener.close();
         }
-        self.shared.shutdown.cancel();
+        self.shared.shutdown().cancel();
         self.connections.close();
         if tokio::time::timeout_at(deadline, self.connections.wait())
             .await
@@ -472,7 +442,7 @@ impl Handle {
             );
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.shared.hooks.drain(left).await;
+        self.shared.hooks().drain(left).await;
         for server in self.servers {
             server.abort();
         }

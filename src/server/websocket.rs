@@ -25,9 +25,9 @@ pub(super) async fn ws_handler(
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
     };
-    let policy = &state.shared.config.policy;
+    let policy = &state.shared.config().policy;
     let client_ip = policy.trusted_proxies.client_ip(peer.ip(), headers);
-    let ticket = match state.shared.admission.admit(headers, client_ip) {
+    let ticket = match state.shared.admission().admit(headers, client_ip) {
         Ok(ticket) => ticket,
         Err(refusal) => {
             // Counted, and in the summary line: one line per refused client is for debugging.

@@ -98,12 +98,12 @@ impl Link<'_> {
 pub(crate) async fn run(engine: impl Engine, shared: Arc<Node>) {
     let source = engine.source();
     let name = engine.describe();
-    let Some(status) = shared.stats.source_status(source) else {
+    let Some(status) = shared.stats().source_status(source) else {
         tracing::error!(source = %name, "not a broker source; not started");
         return;
     };
     status.set_down();
-    let stop = shared.shutdown.clone();
+    let stop = shared.shutdown().clone();
     let inbox = Inbox::new(shared.clone(), source);
     let mut backoff = Backoff::default();
     // Repeated failures are logged once, until the next successful connection.
@@ -197,13 +197,13 @@ impl Inbox {
 
     /// Delivers one message body: a trigger object, or a list of them (a batch).
     pub async fn deliver(&self, body: &[u8]) {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         match Trigger::parse_batch(body, &config.policy.room_limits, config.max_batch) {
             Ok(triggers) => {
                 self.shared.publish_batch(triggers, self.source).await;
             }
             Err(error) => {
-                Stats::incr(&self.shared.stats.triggers_invalid);
+                Stats::incr(&self.shared.stats().triggers_invalid);
                 self.log_invalid(&error);
             }
         }
@@ -214,11 +214,11 @@ impl Inbox {
     /// any bad message (counted, logged), since its triggers would share one position.
     #[cfg(feature = "amqp")]
     pub fn parse_one(&self, body: &[u8]) -> Option<Trigger> {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         match Trigger::parse_batch(body, &config.policy.room_limits, 1) {
             Ok(mut triggers) => triggers.pop(),
             Err(error) => {
-                Stats::incr(&self.shared.stats.triggers_invalid);
+                Stats::incr(&self.shared.stats().triggers_invalid);
                 self.log_invalid(&error);
                 None
             }

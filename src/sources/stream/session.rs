@@ -55,7 +55,7 @@ impl Session<'_> {
         self.link.connected();
 
         let resume = self.status.resume_point(&epoch);
-        let limits = self.node.sequencer.limits();
+        let limits = self.node.sequencer().limits();
         let ttl_ms = u64::try_from(limits.ttl.as_millis()).unwrap_or(u64::MAX);
         // Before the probe below, so that the warm-up cannot start after it.
         let warm_from_ms = now_ms()
@@ -207,7 +207,7 @@ impl Reader<'_> {
                     "the stream no longer holds what this node had not read; declared lost"
                 );
                 status.losses.fetch_add(1, Ordering::Relaxed);
-                node.sequencer.lose_through(offset, &node.hub);
+                node.sequencer().lose_through(offset, node.hub());
             }
             // A warm-up holds nothing before its first message.
             None => {
@@ -276,8 +276,8 @@ impl Reader<'_> {
         let status = self.session.status;
         let held = status.cursor().as_ref().map(|(epoch, _)| epoch.clone());
         let entries = warm.history.len();
-        node.sequencer
-            .adopt(self.epoch.clone(), warm.history, warm.top, &node.hub);
+        node.sequencer()
+            .adopt(self.epoch.clone(), warm.history, warm.top, node.hub());
         if held.is_some_and(|held| held != self.epoch) {
             status.epoch_changes.fetch_add(1, Ordering::Relaxed);
         }
