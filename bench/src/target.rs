@@ -121,15 +121,7 @@ impl Target {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut target = Target {
-            kind: Kind::Ours,
-            ws_addr: addr,
-            trigger_addr: addr,
-            pid: Some(child.id()),
-            child: Some(child),
-        };
-        target.wait_listening()?;
-        Ok(target)
+        Target::spawned(Kind::Ours, addr, child)
     }
 
     /// Starts high-templar 3.1 under hypercorn (one process, `--workers 0`), with RabbitMQ
@@ -156,8 +148,14 @@ impl Target {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", hypercorn.display()))?;
+        Target::spawned(Kind::Ht31, addr, child)
+    }
+
+    /// The server `child` just started, serving websockets and triggers on `addr`, once it
+    /// listens.
+    fn spawned(kind: Kind, addr: SocketAddr, child: Child) -> anyhow::Result<Target> {
         let mut target = Target {
-            kind: Kind::Ht31,
+            kind,
             ws_addr: addr,
             trigger_addr: addr,
             pid: Some(child.id()),

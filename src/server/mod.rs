@@ -119,10 +119,14 @@ impl Server {
             Some(files) => Some(crate::tls::acceptor(files).map_err(StartError::Tls)?),
             None => None,
         };
+        // Triggers are taken in there (see `intake`); it ends with the handle, or here when
+        // the start fails.
+        let intake = Intake::start().map_err(StartError::Intake)?;
         // Bound before anything is spawned: a node that cannot listen leaves nothing running.
-        let (public_listener, local_addr) = bind(config.listen).await?;
+        // The internal listener is driven by the intake thread.
+        let (public_listener, local_addr) = bind(config.listen)?;
         let internal_listener = match config.internal_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(intake.enter(|| bind(addr))?),
             None => None,
         };
         let internal_addr = internal_listener.as_ref().map(|(_, addr)| *addr);
@@ -144,7 +148,6 @@ impl Server {
             #[cfg(feature = "amqp")]
             amqp_publisher: amqp_publisher.clone(),
         };
-        let intake = Intake::start().map_err(StartError::Intake)?;
         let public = public.with_state(state.clone());
         let mut serving = vec![serve(
             &shared,
@@ -155,14 +158,6 @@ impl Server {
             None,
         )];
         if let (Some((listener, _)), Some(internal)) = (internal_listener, internal) {
-            // Triggers come in there: on the intake thread (see `intake`).
-            let listener = listener
-                .into_std()
-                .and_then(|std| intake.enter(|| TcpListener::from_std(std)))
-                .map_err(|source| StartError::Bind {
-                    addr: internal_addr.unwrap_or(local_addr),
-                    source,
-                })?;
             serving.push(serve(
                 &shared,
                 &capacity,
@@ -370,7 +365,7 @@ fn start_sources(
 }
 
 /// A listening socket on `addr`, and the address it got (its port, when `addr` asks for 0).
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let listen = || {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
